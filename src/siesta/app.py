@@ -1,0 +1,180 @@
+"""Assembles siesta from a config and runs it: store, provider, lifecycle,
+controller and gateway, with start-up, serve and a clean shutdown.
+
+Used by the CLI (`siesta up`, `siesta demo`) and by tests that run siesta in
+their own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO
+
+from siesta.config import Config
+from siesta.controller import Controller
+from siesta.core.model import State
+from siesta.gateway.server import Gateway
+from siesta.lifecycle import Lifecycle
+from siesta.providers.local import LocalProvider
+from siesta.store.sqlite import SqliteStore
+
+log = logging.getLogger("siesta")
+
+ACTIVITY_FLUSH_EVERY = 2.0  # seconds between writes of last-activity times to the store
+
+
+class AlreadyRunning(Exception):
+    """Another siesta process holds this state folder."""
+
+
+class Siesta:
+    """One siesta instance: everything a config describes, wired together."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._lock = _lock_state_dir(config.state_dir)
+        self.store = SqliteStore(config.store)
+        self.provider = LocalProvider(config.templates, config.log_dir, base_url=self._base_url)
+        self.lifecycle = Lifecycle(
+            config.templates,
+            self.store,
+            self.provider,
+            start_timeout=config.gateway.wake_timeout,
+        )
+        self.gateway = Gateway(config.gateway, self.lifecycle)
+        self.controller: Controller | None = None
+        self.address: tuple[str, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _base_url(self, session: str) -> str:
+        gateway = self.config.gateway
+        if gateway.routing == "path" and not gateway.strip_prefix:
+            return f"/s/{session}/"
+        return "/"
+
+    async def start(self) -> tuple[str, int]:
+        """Restore sessions (re-adopting running backends), start timers, listen."""
+        await self.lifecycle.start(self.config.sessions)
+        self.controller = Controller(self.lifecycle, self.config.templates)
+        self._tasks = [
+            _guarded(self.controller.run(), "controller"),
+            _guarded(self._flush_activity(), "activity flush"),
+        ]
+        gateway = self.config.gateway
+        self.address = await self.gateway.listen(gateway.host, gateway.port)
+        return self.address
+
+    async def stop(self) -> None:
+        """Drain the gateway, stop every backend, close the store."""
+        await self.gateway.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.controller is not None:
+            await self.controller.close()
+        await self.lifecycle.shutdown()
+        self._write_activity()
+        self.store.close()
+        self._lock.close()
+
+    async def _flush_activity(self) -> None:
+        while True:
+            await asyncio.sleep(ACTIVITY_FLUSH_EVERY)
+            self._write_activity()
+
+    def _write_activity(self) -> None:
+        """Store when each awake session last saw traffic (for `siesta status`)."""
+        offset = time.time() - time.monotonic()
+        seen = {
+            s.id: s.activity.last_activity + offset
+            for s in self.lifecycle.sessions.values()
+            if s.state is State.AWAKE and s.activity.last_activity
+        }
+        if seen:
+            self.store.touch(seen)
+
+
+def _guarded(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+    """A task meant to live as long as siesta: if it dies, say so loudly."""
+
+    async def run() -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %r died; siesta is degraded", name)
+            raise
+
+    return asyncio.create_task(run(), name=name)
+
+
+def _lock_state_dir(state_dir: Path) -> IO[str]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / "siesta.lock", "w")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(
+            f"another siesta is running with the state folder {state_dir}"
+        ) from None
+    return handle
+
+
+def install_uvloop() -> bool:
+    """Use uvloop for new event loops when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[Siesta], Awaitable[None] | None] | None = None,
+) -> None:
+    """Run siesta until SIGINT or SIGTERM, then shut down cleanly.
+
+    `ready` is called once siesta listens (the demo uses it to print URLs and drive traffic);
+    if it returns an awaitable, siesta stops when that finishes.
+    """
+    app = Siesta(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        follow_up: asyncio.Task[None] | None = None
+        if ready is not None:
+            result = ready(app)
+            if result is not None:
+                follow_up = asyncio.ensure_future(_then_set(result, stop))
+        await stop.wait()
+        if follow_up is not None:
+            follow_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow_up
+    finally:
+        log.info("shutting down")
+        await app.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _then_set(awaitable: Awaitable[None], event: asyncio.Event) -> None:
+    try:
+        await awaitable
+    finally:
+        event.set()

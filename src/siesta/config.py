@@ -1,0 +1,629 @@
+"""The YAML config file: its schema, its loader and its error messages.
+
+The CLI loads it with `load_config`; the gateway, the controller and the providers
+read the frozen `Config` it returns. Every field says its unit and why its default
+was chosen, so `config_json_schema()` doubles as the reference docs. Every problem
+becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from siesta.core.duration import parse_duration
+from siesta.core.routing import RoutingMode
+
+Loc = tuple[str | int, ...]
+"""Where a value sits in the config: mapping keys and list indices, outermost first."""
+
+NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})$"
+"""Session ids and template names: they appear in URLs and host names."""
+
+_DOMAIN_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
+_HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
+_HTTP_PATH_PATTERN = r"^/"
+_DURATION_PATTERN = r"^\d+(\.\d+)?$|^(\d+(\.\d+)?(ms|[dhms]))+$"
+
+_PATTERN_HINTS = {
+    NAME_PATTERN: "must be 1 to 63 letters, digits, '_' or '-', starting with a letter or digit",
+    _DOMAIN_PATTERN: "must be a host name, e.g. localhost or example.com",
+    _HEADER_PATTERN: "must be a header name (letters, digits and '-'), e.g. X-Siesta-Session",
+    _HTTP_PATH_PATTERN: "must be a path starting with '/', e.g. /healthz",
+}
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "description": "a number of seconds"},
+                {
+                    "type": "string",
+                    "pattern": _DURATION_PATTERN,
+                    "description": 'a number with a unit (ms, s, m, h, d), e.g. "15m", "1h30m"',
+                },
+            ]
+        }
+    ),
+]
+"""Seconds, written as a number of seconds or a string like "500ms", "15m", "1h30m"."""
+
+
+def _duration(default: str, description: str) -> Any:
+    """A `Duration` field whose schema shows its default as written ("15m", not 900.0)."""
+    return Field(
+        default=parse_duration(default),
+        description=description,
+        json_schema_extra={"default": default},
+    )
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:8080") into host and port; `ValueError` if bad."""
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or "[" in host:
+        host = ""
+    if not host or not (port.isascii() and port.isdigit()):
+        raise ValueError(
+            f"{address!r} is not host:port: use e.g. 127.0.0.1:8080, or [::1]:8080 for IPv6"
+        )
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {int(port)} is out of range: use 1 to 65535")
+    return host, int(port)
+
+
+def _resolved(path: Path, info: ValidationInfo) -> Path:
+    """`path` made absolute from the config file's folder (`base_dir` in the context)."""
+    context = info.context or {}
+    base = Path(context.get("base_dir") or Path.cwd())
+    return (base / path.expanduser()).resolve()
+
+
+class _Model(BaseModel):
+    """Frozen, and unknown keys are refused: a typo must not silently keep a default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GatewayConf(_Model):
+    """How the gateway listens, finds a request's session and holds requests while it wakes."""
+
+    listen: str = Field(
+        default="127.0.0.1:8080",
+        description="Address the gateway listens on, as host:port (IPv6 as [::1]:8080). "
+        "Loopback by default: siesta has no authentication of its own, so exposing it "
+        "to the network should be a deliberate choice.",
+    )
+    routing: RoutingMode = Field(
+        default="path",
+        description="How a request names its session: path (/s/<session>/...), host "
+        "(<session>.<domain>) or header (the `header` field). path by default: it needs "
+        "no DNS set-up and no client changes.",
+    )
+    domain: str = Field(
+        default="localhost",
+        pattern=_DOMAIN_PATTERN,
+        description="For host routing, sessions are reached at <session>.<domain>. "
+        "localhost by default: browsers resolve *.localhost to loopback without any DNS.",
+    )
+    header: str = Field(
+        default="X-Siesta-Session",
+        pattern=_HEADER_PATTERN,
+        description="For header routing, the request header that names the session.",
+    )
+    strip_prefix: bool = Field(
+        default=True,
+        description="For path routing, remove /s/<session> before forwarding. On by "
+        "default: most apps expect to be served from / and need not know the prefix.",
+    )
+    wake_timeout: Duration = _duration(
+        "60s",
+        "Seconds a request is held while its session wakes, before it is answered 503. "
+        "60s: room for a slow app to start, yet under common client and proxy timeouts.",
+    )
+    waiting_page: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: a browser held longer than waiting_page_after gets a small page "
+        "that reloads once the session is awake; off: requests are only held. auto by "
+        "default, so people see progress instead of a blank tab.",
+    )
+    waiting_page_after: Duration = _duration(
+        "1s",
+        "Seconds a browser request is held before it gets the waiting page. 1s: a fast "
+        "wake finishes first and the page never flashes.",
+    )
+    max_held_per_session: int = Field(
+        default=1000,
+        ge=1,
+        description="Requests held at most for one waking session; more get 503. 1000: "
+        "a page load's burst of requests fits many times over; a runaway client does not.",
+    )
+    max_held_total: int = Field(
+        default=10000,
+        ge=1,
+        description="Requests held at most across all sessions; more get 503. 10000: "
+        "each held request is an open connection, so this bounds memory and file "
+        "descriptors while many sessions wake at once.",
+    )
+    header_timeout: Duration = _duration(
+        "30s",
+        "Seconds a client has to send a complete request head before the connection is "
+        "closed. 30s: generous for slow links, short enough to shed stalled connections.",
+    )
+    keepalive_timeout: Duration = _duration(
+        "75s",
+        "Seconds an idle client connection is kept open. 75s: longer than the 60s idle "
+        "timeout of common load balancers, so they close first and never reuse a "
+        "connection the gateway is closing.",
+    )
+    max_head_size: int = Field(
+        default=65536,
+        ge=1,
+        description="Bytes: a request head (request line and headers) larger than this "
+        "gets 431. 64 KiB: above the 8 to 16 KiB most servers allow, so large cookies "
+        "pass, while memory per connection stays bounded.",
+    )
+    drain_timeout: Duration = _duration(
+        "10s",
+        "On shutdown, seconds requests in flight get to finish before their connections "
+        "are closed. 10s: well within the 30s termination grace period of Kubernetes.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        """The host part of `listen`, without IPv6 brackets."""
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of `listen`."""
+        return parse_listen(self.listen)[1]
+
+
+class ReadyConf(_Model):
+    """How siesta knows a started backend is ready: set exactly one of `http` or `tcp`."""
+
+    http: str | None = Field(
+        default=None,
+        pattern=_HTTP_PATH_PATTERN,
+        description="Ready once an HTTP GET of this path (starting with /) is answered.",
+    )
+    tcp: bool = Field(
+        default=False,
+        description="Ready once the backend's port accepts a TCP connection; needs nothing "
+        "from the app, which is why templates use it by default.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.http is not None) == self.tcp:
+            raise ValueError("set exactly one of http (a path, e.g. /healthz) or tcp: true")
+        return self
+
+
+class TemplateConf(_Model):
+    """A recipe for a session's backend: the command to run and how to manage it."""
+
+    command: list[str] = Field(
+        min_length=1,
+        description="The backend's command line, run without a shell; {port} in an "
+        "argument becomes the port siesta chose for the backend. Required.",
+    )
+    ready: ReadyConf = Field(
+        default=ReadyConf(tcp=True),
+        description="How siesta knows the backend is ready: {http: /path} or {tcp: true}. "
+        "tcp by default: it works with any server.",
+    )
+    idle_timeout: Duration = _duration(
+        "15m",
+        "Seconds without traffic or open connections after which the backend is put to "
+        "sleep. 15m: long enough to read a page or step away briefly, short enough that "
+        "idle sessions soon give their memory back.",
+    )
+    stop_grace: Duration = _duration(
+        "10s",
+        "Seconds between SIGTERM and SIGKILL when a backend is put to sleep. 10s: "
+        "Docker's default, plenty for a clean exit.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables for the backend, added to siesta's own. "
+        "Values must be strings: quote numbers.",
+    )
+    cwd: Path | None = Field(
+        default=None,
+        description="Working directory of the backend; a relative path is taken from the "
+        "config file's folder. Unset by default: the backend inherits siesta's.",
+    )
+    max_start_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failed starts after which the session is FAILED. 3: rides "
+        "out a transient failure without retrying a broken command forever.",
+    )
+    failure_backoff: Duration = _duration(
+        "30s",
+        "Seconds a FAILED session refuses wakes; doubles with each further failure, "
+        "capped at 10m. 30s: quick recovery from a transient fault, no tight restart loop.",
+    )
+
+    @field_validator("cwd")
+    @classmethod
+    def _resolve_cwd(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolved(value, info)
+
+
+class SessionConf(_Model):
+    """A session known at start-up: which template it runs, and its labels."""
+
+    template: str = Field(description="Name of the template (under `templates`) it runs.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free-form key: value tags, kept with the session and shown by the CLI.",
+    )
+
+
+class _NestedProblems(ValueError):
+    """Problems found by a model's validator but located below it, e.g. at one session."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(f"{_dotted(loc)}: {message}" for loc, message in problems))
+        self.problems = problems
+
+
+class Config(_Model):
+    """The siesta config file."""
+
+    gateway: GatewayConf = Field(
+        default=GatewayConf(), description="The HTTP gateway in front of the sessions."
+    )
+    store: Path = Field(
+        default=Path(".siesta/state.db"),
+        validate_default=True,
+        description="SQLite file holding session state and history; relative to the config "
+        "file's folder. Logs go to logs/ beside it. .siesta/ by default keeps a project's "
+        "state next to its config.",
+    )
+    templates: dict[Name, TemplateConf] = Field(
+        description="Backend recipes by name. Required: every session runs one of them."
+    )
+    sessions: dict[Name, SessionConf] = Field(
+        default_factory=dict,
+        description="Sessions known at start-up, by id; more can be created later. Ids "
+        "appear in URLs and host names.",
+    )
+    _path: Path | None = PrivateAttr(None)
+
+    @field_validator("store")
+    @classmethod
+    def _resolve_store(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolved(value, info)
+
+    @model_validator(mode="after")
+    def _link(self, info: ValidationInfo) -> Self:
+        unknown: list[tuple[Loc, str]] = [
+            (("sessions", session, "template"), _unknown_template(conf.template, self.templates))
+            for session, conf in self.sessions.items()
+            if conf.template not in self.templates
+        ]
+        if unknown:
+            raise _NestedProblems(unknown)
+        self._path = (info.context or {}).get("path")
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        """The file this config was loaded from; None if it was not loaded from a file."""
+        return self._path
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder of the store, where siesta keeps its state."""
+        return self.store.parent
+
+    @property
+    def log_dir(self) -> Path:
+        """Where backends' logs go."""
+        return self.state_dir / "logs"
+
+
+def _unknown_template(name: str, templates: dict[str, TemplateConf]) -> str:
+    """The message for a session naming a template that does not exist."""
+    known = ", ".join(templates) or "none are defined"
+    return f"unknown template {name!r} (known: {known})"
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, with every field's description."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
+
+
+# Loading ------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The config cannot be used. `problems` holds one line per problem, file:line first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at `path`; relative paths in it start at its folder."""
+    source, file = str(path), Path(path).absolute()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: no such file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    return _build(text, source, file.parent, file)
+
+
+def parse_config(text: str, *, source: str = "<string>", base_dir: Path) -> Config:
+    """Validate config YAML `text`; `source` names it in errors, paths start at `base_dir`."""
+    return _build(text, source, base_dir, None)
+
+
+def _build(text: str, source: str, base_dir: Path, path: Path | None) -> Config:
+    """Parse, validate and turn every problem into a line of a `ConfigError`."""
+    data, lines = _read_yaml(text, source)
+    context = {"base_dir": base_dir.absolute(), "path": path}
+    try:
+        return Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, source, lines)) from exc
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, _LineMap]:
+    """The data in `text` and the line of every key, or a `ConfigError`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines = _LineMap(node)  # before construction, which rewrites merge keys (<<)
+        data = None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, source)]) from exc
+    finally:
+        loader.dispose()
+    if lines.duplicates:
+        raise ConfigError(
+            [f"{source}:{line} {_dotted(loc)}: {why}" for loc, line, why in lines.duplicates]
+        )
+    return ({} if data is None else data), lines
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str) -> str:
+    """One line for a YAML syntax error, with its line when PyYAML knows it."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"{source}:{exc.problem_mark.line + 1}: YAML syntax error: {exc.problem}"
+    return f"{source}: YAML syntax error: {exc}"
+
+
+class _LineMap:
+    """The 1-based line of every key (and list item) in a YAML node tree."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self._lines: dict[tuple[str, ...], int] = {}
+        self._active: set[int] = set()
+        self.duplicates: list[tuple[Loc, int, str]] = []
+        if root is not None:
+            self._lines[()] = root.start_mark.line + 1
+            self._walk(root, ())
+
+    def line_of(self, loc: Loc) -> int:
+        """The line of the deepest part of `loc` that appears in the file."""
+        for end in range(len(loc), -1, -1):
+            line = self._lines.get(tuple(str(part) for part in loc[:end]))
+            if line is not None:
+                return line
+        return 1
+
+    def _walk(self, node: yaml.Node, loc: Loc) -> None:
+        if id(node) in self._active:  # a recursive alias
+            return
+        self._active.add(id(node))
+        for child, start, value in self._children(node, loc):
+            self._record(child, start)
+            self._walk(value, child)
+        self._active.discard(id(node))
+
+    @staticmethod
+    def _children(node: yaml.Node, loc: Loc) -> list[tuple[Loc, yaml.Node, yaml.Node]]:
+        """(path, node whose line counts, value node) for each key or item of `node`."""
+        if isinstance(node, yaml.MappingNode):
+            return [((*loc, _key_text(key)), key, value) for key, value in node.value]
+        if isinstance(node, yaml.SequenceNode):
+            return [((*loc, index), item, item) for index, item in enumerate(node.value)]
+        return []
+
+    def _record(self, loc: Loc, node: yaml.Node) -> None:
+        key, line = tuple(str(part) for part in loc), node.start_mark.line + 1
+        first = self._lines.get(key)
+        if first is None or loc[-1] == "<<":
+            self._lines[key] = line
+        else:
+            self.duplicates.append((loc, line, f"duplicate key (first at line {first})"))
+
+
+def _key_text(node: yaml.Node) -> str:
+    """A mapping key as text; a complex key (a list or mapping) has none."""
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else "?"
+
+
+# Error messages -----------------------------------------------------------------------
+
+
+def _problems(error: ValidationError, source: str, lines: _LineMap) -> list[str]:
+    """One line per validation error: file:line dotted.key: plain words."""
+    found = [
+        _problem_line(source, lines.line_of(loc), loc, message)
+        for details in error.errors()
+        for loc, message in _located(details)
+    ]
+    return list(dict.fromkeys(found))
+
+
+def _problem_line(source: str, line: int, loc: Loc, message: str) -> str:
+    path = _dotted(loc)
+    return f"{source}:{line} {path}: {message}" if path else f"{source}:{line}: {message}"
+
+
+def _dotted(loc: Loc) -> str:
+    """`("templates", "web", "command", 0)` as `templates.web.command[0]`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.removeprefix(".")
+
+
+def _located(details: ErrorDetails) -> list[tuple[Loc, str]]:
+    """Where an error is and what it says; a `_NestedProblems` becomes several."""
+    loc = tuple(part for part in details["loc"] if part != "[key]")
+    cause = details.get("ctx", {}).get("error")
+    if isinstance(cause, _NestedProblems):
+        return [((*loc, *inner), message) for inner, message in cause.problems]
+    return [(loc, _message(details, loc))]
+
+
+_PLAIN_WORDS = {
+    "missing": "is required",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "path_type": "must be a path",
+    "literal_error": "must be {expected}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_short": "must not be empty",
+}
+
+
+def _message(details: ErrorDetails, loc: Loc) -> str:
+    """Pydantic's message for `details`, rewritten in plain words where we know better."""
+    kind, ctx = details["type"], details.get("ctx", {})
+    if kind == "value_error":
+        return str(ctx.get("error", details["msg"]))
+    if kind in _PLAIN_WORDS:
+        return _PLAIN_WORDS[kind].format(**ctx)
+    if kind in _SHAPED:
+        return _SHAPED[kind](details, loc)
+    return details["msg"]
+
+
+def _extra_forbidden(details: ErrorDetails, loc: Loc) -> str:
+    return f"unknown key (known: {_known_keys(_annotation_at(loc[:-1]))})"
+
+
+def _model_type(details: ErrorDetails, loc: Loc) -> str:
+    return f"must be a mapping with the keys: {_known_keys(_annotation_at(loc))}"
+
+
+def _dict_type(details: ErrorDetails, loc: Loc) -> str:
+    if details["input"] is None:
+        return "is empty: write {} for none"
+    return "must be a mapping (key: value)"
+
+
+def _list_type(details: ErrorDetails, loc: Loc) -> str:
+    items = get_args(_annotation_at(loc))
+    return "must be a list of strings" if items and _bare(items[0]) is str else "must be a list"
+
+
+def _string_type(details: ErrorDetails, loc: Loc) -> str:
+    value = details["input"]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f'must be a string: quote it, e.g. "{value}"'
+    return "must be a string"
+
+
+def _too_short(details: ErrorDetails, loc: Loc) -> str:
+    return "must not be empty"
+
+
+def _pattern_mismatch(details: ErrorDetails, loc: Loc) -> str:
+    pattern = str(details.get("ctx", {}).get("pattern"))
+    return _PATTERN_HINTS.get(pattern, f"must match the pattern {pattern}")
+
+
+_SHAPED = {
+    "extra_forbidden": _extra_forbidden,
+    "model_type": _model_type,
+    "model_attributes_type": _model_type,
+    "dict_type": _dict_type,
+    "list_type": _list_type,
+    "string_type": _string_type,
+    "too_short": _too_short,
+    "string_pattern_mismatch": _pattern_mismatch,
+}
+
+
+def _annotation_at(loc: Loc) -> Any:
+    """The declared type at `loc` in `Config`, or None where `loc` leaves the schema."""
+    annotation: Any = Config
+    for part in loc:
+        annotation = _child_annotation(_bare(annotation), part)
+    return annotation
+
+
+def _child_annotation(annotation: Any, part: str | int) -> Any:
+    """The type of the value at key or index `part` inside a value of type `annotation`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is dict:
+        return args[1]
+    if origin is list:
+        return args[0]
+    if origin is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return None if field is None else field.annotation
+    return None
+
+
+def _bare(annotation: Any) -> Any:
+    """`annotation` without `Annotated[...]` metadata."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _known_keys(annotation: Any) -> str:
+    """The field names of the model `annotation`, comma separated."""
+    model = _bare(annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return ", ".join(model.model_fields)
+    return "?"

@@ -1,0 +1,101 @@
+"""Holding requests while their session wakes.
+
+The client connection hands over a request for a session that is not awake;
+the activator asks the lifecycle to wake it (single-flight there), holds the
+request at most `wake_timeout`, then forwards it or answers 503 with
+`Retry-After`. Browsers get a waiting page that reloads itself if the wake takes
+longer than `waiting_page_after`. The hold queue is bounded per session and in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+from siesta.core.model import Session
+from siesta.lifecycle import WakeError
+
+from .pages import waiting_page
+
+if TYPE_CHECKING:
+    from .client import ClientConnection, Request
+    from .server import Gateway
+
+
+class Activator:
+    """Holds requests for sleeping sessions and wakes them."""
+
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+        self.held = 0
+
+    def hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
+        """Hold `req` until `session` is awake, then forward it; or answer 503."""
+        gw = self.gw
+        if session.activity.held >= gw.max_held_per_session or self.held >= gw.max_held_total:
+            conn.respond(
+                req,
+                503,
+                f"too many requests are waiting for session {session.id!r}",
+                headers=((b"Retry-After", b"1"),),
+            )
+            return
+        req.wake = b"cold"
+        req.hold = asyncio.ensure_future(self._hold(conn, req, session))
+
+    async def _hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
+        gw = self.gw
+        self.held += 1
+        session.activity.held += 1
+        reason = f"request {req.method.decode(errors='replace')} {req.target[:80]!r}"[:120]
+        wake = asyncio.ensure_future(gw.lifecycle.wake(session.id, reason))
+        try:
+            if gw.waiting_page and _wants_page(req):
+                done, _ = await asyncio.wait({wake}, timeout=gw.waiting_page_after)
+                if not done:
+                    self._waiting_page(conn, req, session, wake)
+                    return
+            await asyncio.wait_for(wake, gw.wake_timeout)
+        except TimeoutError:
+            conn.respond(
+                req,
+                503,
+                f"session {session.id!r} did not wake within {gw.wake_timeout:g}s",
+                headers=((b"Retry-After", b"5"),),
+            )
+        except WakeError as exc:
+            retry = str(max(1, math.ceil(exc.retry_after))).encode()
+            conn.respond(req, 503, str(exc), headers=((b"Retry-After", retry),))
+        else:
+            if req is conn.current and not conn.closing and session.endpoint is not None:
+                req.hold = None
+                conn.forward(req, session.endpoint)
+        finally:
+            self.held -= 1
+            session.activity.held -= 1
+
+    def _waiting_page(
+        self, conn: ClientConnection, req: Request, session: Session, wake: asyncio.Future[Session]
+    ) -> None:
+        wake.add_done_callback(_retrieve)  # the wake goes on; the page reloads until it is done
+        conn.respond(
+            req,
+            503,
+            "waking",
+            headers=((b"Retry-After", b"1"),),
+            body=waiting_page(session.id).encode(),
+            content_type=b"text/html; charset=utf-8",
+        )
+
+
+def _wants_page(req: Request) -> bool:
+    if req.method != b"GET":
+        return False
+    accept = req.header(b"accept")
+    return accept is not None and b"text/html" in accept
+
+
+def _retrieve(future: asyncio.Future[Session]) -> None:
+    if not future.cancelled():
+        future.exception()

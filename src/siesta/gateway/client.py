@@ -1,0 +1,604 @@
+"""One client connection: parse requests with httptools, forward them, relay answers.
+
+Requests on a connection are answered in order (pipelining): the one being
+answered is `current`; heads parsed behind it wait in `queue` with reading
+paused. Bodies stream both ways with flow control (a full socket buffer on one
+side pauses reading on the other). After `101 Switching Protocols` the
+connection becomes a byte tunnel. Activity is counted on the session object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from siesta.core.model import Endpoint, Session, State
+
+from .http import (
+    CRLF,
+    FORWARDED,
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    chunk,
+    connection_tokens,
+    error_body,
+    local_response,
+)
+from .upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+# Reasons reading from the client is paused (bit flags).
+PIPELINE = 1  # a request waits behind the current one
+BUFFER = 2  # body bytes are buffered while no backend connection is ready
+UPSTREAM = 4  # the backend's socket buffer is full
+TUNNEL_WAIT = 8  # an upgrade waits for the backend's answer
+
+MAX_BUFFERED_BODY = 256 * 1024
+
+
+class HeadTooLarge(Exception):
+    """The request head is over the configured limit."""
+
+
+class Request:
+    """A request as parsed, and where it is in its forwarding."""
+
+    __slots__ = (
+        "body_done",
+        "buffered",
+        "chunk_out",
+        "chunked",
+        "counted",
+        "early",
+        "headers",
+        "host",
+        "hold",
+        "keep_alive",
+        "method",
+        "pending",
+        "responded",
+        "response_done",
+        "route_value",
+        "session",
+        "target",
+        "upgrade",
+        "upstream",
+        "version",
+        "wake",
+    )
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b"GET"
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.chunked = False
+        self.chunk_out = False  # the response is re-framed as chunks for the client
+        self.host: bytes | None = None
+        self.route_value: bytes | None = None
+        self.body_done = False
+        self.pending: list[bytes] = []
+        self.buffered = 0
+        self.session: Session | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.wake = b"warm"
+        self.responded = False  # a response head went to the client
+        self.response_done = False
+        self.counted = False  # counted in the session's `inflight`
+        self.hold: asyncio.Task[None] | None = None
+        self.early = b""  # bytes after an upgrade request's head
+
+    def header(self, wanted: bytes) -> bytes | None:
+        """The value of header `wanted` (lower case), or None."""
+        for name, value in self.headers:
+            if name.lower() == wanted:
+                return value
+        return None
+
+
+class ClientConnection(asyncio.Protocol):
+    """The gateway side of one client's TCP connection."""
+
+    def __init__(self, gateway: Gateway):
+        self.gw = gateway
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+        self.deadline = 0.0  # monotonic; 0 = no deadline
+        self.deadline_why = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: Request | None = None
+        self.current: Request | None = None
+        self.queue: deque[Request] = deque()
+        self.session: Session | None = None  # the session this connection counts for
+        self.tunnel: UpstreamConnection | None = None
+        self.closing = False
+        self._paused = 0
+        self._write_paused = False
+        self._head_size = 0
+        self._route_header = gateway.route_header
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = self.transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b""
+        self.gw.connections.add(self)
+        self._idle()
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if self.session is not None:
+                self.session.activity.touch(self.gw.now(), len(data))
+            tunnel.send(data)
+            return
+        if self._paused & TUNNEL_WAIT:
+            req = self.current
+            if req is not None:
+                req.early += data
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data[upgrade.args[0] :])
+        except HeadTooLarge:
+            self._refuse(431, "the request head is larger than the gateway accepts")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed request ({exc})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.gw.connections.discard(self)
+        for req in (self.current, *self.queue):
+            if req is not None:
+                self._abandon(req)
+        self.current = None
+        self.queue.clear()
+        if self.tunnel is not None:
+            self.tunnel.abandon()
+            self.tunnel = None
+        self._bind(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        up = self._upstream()
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        up = self._upstream()
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    # -- httptools callbacks --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parsing = Request()
+        self._head_size = 0
+        self._deadline(self.gw.header_timeout, "the request head did not arrive in time")
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.target += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        parser = self.parser
+        req.method = parser.get_method()
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = parser.should_upgrade()
+        self.deadline = 0.0
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == b"host":
+                req.host = value
+            elif lname == b"transfer-encoding":
+                req.chunked = True
+            elif lname == self._route_header:
+                req.route_value = value
+        if self.current is None:
+            self.current = req
+            self._dispatch(req)
+        else:
+            self.queue.append(req)
+            self._pause(PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        up = req.upstream
+        if up is not None:
+            if req.chunked:
+                up.sendlines(chunk(body))
+            else:
+                up.send(body)
+        elif not req.response_done:
+            req.pending.append(body)
+            req.buffered += len(body)
+            if req.buffered > MAX_BUFFERED_BODY:
+                self._pause(BUFFER)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        self.parsing = None
+        req.body_done = True
+        if req.upstream is not None and req.chunked:
+            req.upstream.send(LAST_CHUNK)
+        if req.response_done and req is self.current:
+            self._next()
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _dispatch(self, req: Request) -> None:
+        gw = self.gw
+        route = gw.router.route(req.target, req.host, req.route_value)
+        if route.session is None:
+            if route.redirect is not None:
+                self.respond(req, 308, "moved", headers=((b"Location", route.redirect),))
+            else:
+                self.respond(req, 404, route.error or "no session")
+            return
+        session = gw.lifecycle.get(route.session)
+        if session is None:
+            self.respond(req, 404, f"unknown session {route.session!r}")
+            return
+        req.target = route.target
+        req.session = session
+        self._bind(session)
+        if session.state is State.AWAKE and session.endpoint is not None:
+            self.forward(req, session.endpoint)
+        else:
+            gw.activator.hold(self, req, session)
+
+    def forward(self, req: Request, endpoint: Endpoint) -> None:
+        """Send `req` to the backend at `endpoint` (the session is awake)."""
+        session = req.session
+        assert session is not None
+        activity = session.activity
+        activity.inflight += 1
+        activity.requests += 1
+        activity.last_activity = self.gw.now()
+        req.counted = True
+        up = self.gw.pool.get(endpoint)
+        if up is not None:
+            self._attach(req, up)
+        else:
+            req.hold = asyncio.ensure_future(self._connect(req, endpoint))
+
+    async def _connect(self, req: Request, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self.gw.pool
+        try:
+            _, up = await loop.create_connection(
+                lambda: UpstreamConnection(pool, endpoint), endpoint.host, endpoint.port
+            )
+        except OSError as exc:
+            self._finish_count(req)
+            self.respond(req, 502, f"the backend refused the connection ({exc.strerror or exc})")
+            return
+        finally:
+            req.hold = None
+        if self.closing or req is not self.current:
+            up.close()
+            return
+        self._attach(req, up)
+
+    def _attach(self, req: Request, up: UpstreamConnection) -> None:
+        req.upstream = up
+        up.bind(self, req.method == b"HEAD")
+        up.send(self._request_head(req))
+        if req.pending:
+            for data in req.pending:
+                up.sendlines(chunk(data)) if req.chunked else up.send(data)
+            req.pending = []
+            req.buffered = 0
+            self._resume(BUFFER)
+        if req.body_done and req.chunked:
+            up.send(LAST_CHUNK)
+        if self._write_paused and up.transport is not None:
+            up.transport.pause_reading()
+        if req.early:
+            up.send(req.early)
+            req.early = b""
+
+    def _request_head(self, req: Request) -> bytes:
+        drop = connection_tokens(req.headers)
+        forwarded_for = self.peer
+        host = b""
+        lines = [req.method + b" " + req.target + b" HTTP/1.1"]
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in FORWARDED:
+                if lname == b"x-forwarded-for":
+                    forwarded_for = value + b", " + self.peer
+                continue
+            if lname in HOP_BY_HOP or lname in drop:
+                continue
+            if lname == b"host":
+                host = value
+            lines.append(name + b": " + value)
+        if req.chunked:
+            lines.append(b"Transfer-Encoding: chunked")
+        if req.upgrade:
+            upgrade = req.header(b"upgrade") or b"websocket"
+            lines.append(b"Connection: Upgrade")
+            lines.append(b"Upgrade: " + upgrade)
+        lines.append(b"X-Forwarded-For: " + forwarded_for)
+        lines.append(b"X-Forwarded-Proto: http")
+        if host:
+            lines.append(b"X-Forwarded-Host: " + host)
+        lines.append(CRLF)
+        return CRLF.join(lines)
+
+    # -- ResponseSink (called by the upstream connection) ---------------------
+
+    def response_head(
+        self, status: int, phrase: bytes, headers: list[tuple[bytes, bytes]], sized: bool
+    ) -> None:
+        req = self.current
+        if req is None or self.transport is None:
+            return
+        self._touch_response(req, 0)
+        lines = [b"HTTP/1.1 %d %s" % (status, phrase)]
+        lines.extend(name + b": " + value for name, value in headers)
+        if status >= 200 and status != 101:
+            req.responded = True
+            if not sized:
+                if req.version == "1.1":
+                    req.chunk_out = True
+                    lines.append(b"Transfer-Encoding: chunked")
+                else:
+                    req.keep_alive = False  # an HTTP/1.0 client reads to the close
+            if not req.body_done or req.upgrade:
+                req.keep_alive = False  # answered before the body ended, or a refused upgrade
+            if not req.keep_alive:
+                lines.append(b"Connection: close")
+            elif req.version == "1.0":
+                lines.append(b"Connection: keep-alive")
+            lines.append(b"X-Siesta-Wake: " + req.wake)
+        lines.append(CRLF)
+        self.transport.write(CRLF.join(lines))
+        if status == 101:
+            self._start_tunnel(req)
+
+    def response_body(self, data: bytes) -> None:
+        req = self.current
+        if req is None or self.transport is None:
+            return
+        self._touch_response(req, len(data))
+        if req.chunk_out:
+            self.transport.writelines(chunk(data))
+        else:
+            self.transport.write(data)
+
+    def response_done(self) -> None:
+        req = self.current
+        if req is None:
+            return
+        if req.chunk_out and self.transport is not None:
+            self.transport.write(LAST_CHUNK)
+        req.response_done = True
+        req.upstream = None
+        self._finish_count(req)
+        if not req.keep_alive:
+            self._close()
+        elif req.body_done:
+            self._next()
+
+    def response_failed(self, why: str) -> None:
+        req = self.current
+        if req is None:
+            return
+        req.upstream = None
+        self._finish_count(req)
+        if req.responded:
+            self._close()  # part of a response went out: only closing can say it broke
+        else:
+            self.respond(req, 502, why)
+
+    def tunnel_data(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        if self.session is not None:
+            self.session.activity.touch(self.gw.now(), len(data))
+        self.transport.write(data)
+
+    def tunnel_closed(self) -> None:
+        self.tunnel = None
+        self._close()
+
+    def pause_upstream(self) -> None:
+        self._pause(UPSTREAM)
+
+    def resume_upstream(self) -> None:
+        self._resume(UPSTREAM)
+
+    # -- answers of the gateway's own -----------------------------------------
+
+    def respond(
+        self,
+        req: Request,
+        status: int,
+        why: str,
+        *,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        body: bytes | None = None,
+        content_type: bytes = b"text/plain; charset=utf-8",
+    ) -> None:
+        """Answer `req` from the gateway itself (errors, redirects, the waiting page)."""
+        if self.transport is None or self.closing or req.responded:
+            return
+        if req is not self.current:
+            return  # pipelined behind another: answered when its turn comes
+        req.responded = req.response_done = True
+        keep_alive = req.keep_alive and req.body_done and not req.upgrade
+        req.keep_alive = keep_alive
+        payload = body if body is not None else error_body(status, why).encode()
+        self.transport.write(
+            local_response(
+                status,
+                payload,
+                keep_alive=keep_alive,
+                headers=headers,
+                content_type=content_type,
+                head_only=req.method == b"HEAD",
+            )
+        )
+        if not keep_alive:
+            self._close()
+        elif req.body_done:
+            self._next()
+
+    def _refuse(self, status: int, why: str) -> None:
+        """A request that cannot be parsed: answer if we can, then close."""
+        req = self.current
+        if req is None or req is self.parsing:
+            req = req or self.parsing or Request()
+            self.current = req
+            req.keep_alive = False
+            if req.upstream is not None:
+                req.upstream.abandon()
+                req.upstream = None
+                self._finish_count(req)
+            if not req.responded:
+                req.body_done = True
+                self.respond(req, status, why)
+        self._close()
+
+    # -- connection state -----------------------------------------------------
+
+    def _next(self) -> None:
+        """The current request is done: start the next one in the pipeline, if any."""
+        self.current = None
+        if self.queue:
+            req = self.queue.popleft()
+            self.current = req
+            if not self.queue:
+                self._resume(PIPELINE)
+            self._dispatch(req)
+        else:
+            self._resume(PIPELINE)
+            if self.parsing is None:
+                self._idle()
+
+    def _idle(self) -> None:
+        self._deadline(self.gw.keepalive_timeout, "idle keep-alive connection")
+
+    def _deadline(self, seconds: float, why: str) -> None:
+        self.deadline = self.gw.now() + seconds
+        self.deadline_why = why
+
+    def expire(self) -> None:
+        """The sweeper found this connection past its deadline."""
+        if self.parsing is not None and self.current is None:
+            self._refuse(408, self.deadline_why)
+        self._close()
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.gw.max_head_size:
+            raise HeadTooLarge
+
+    def _touch_response(self, req: Request, size: int) -> None:
+        session = req.session
+        if session is not None:
+            session.activity.touch(self.gw.now(), size)
+
+    def _finish_count(self, req: Request) -> None:
+        if req.counted:
+            req.counted = False
+            session = req.session
+            if session is not None:
+                session.activity.inflight -= 1
+                session.activity.last_activity = self.gw.now()
+
+    def _abandon(self, req: Request) -> None:
+        if req.hold is not None:
+            req.hold.cancel()
+            req.hold = None
+        if req.upstream is not None:
+            req.upstream.abandon()
+            req.upstream = None
+        self._finish_count(req)
+
+    def _bind(self, session: Session | None) -> None:
+        old = self.session
+        if old is session:
+            return
+        if old is not None:
+            old.activity.connections -= 1
+        if session is not None:
+            session.activity.connections += 1
+        self.session = session
+
+    def _upstream(self) -> UpstreamConnection | None:
+        if self.tunnel is not None:
+            return self.tunnel
+        req = self.current
+        return req.upstream if req is not None else None
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection once what was written has gone out."""
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    # -- upgrades (websockets) ------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        req = self.current
+        if req is None or not req.upgrade:
+            self._refuse(400, "unexpected upgrade")
+            return
+        req.body_done = True
+        req.early += rest
+        self.parsing = None
+        self._pause(TUNNEL_WAIT)
+
+    def _start_tunnel(self, req: Request) -> None:
+        up = req.upstream
+        assert up is not None
+        self.tunnel = up
+        up.tunnel = True
+        self._finish_count(req)  # answered; from now on it is an open connection
+        req.response_done = True
+        self.current = None
+        if req.early:
+            up.send(req.early)
+            req.early = b""
+        self._resume(TUNNEL_WAIT)

@@ -1,0 +1,133 @@
+"""The gateway server: listener, tracked connections, timeouts, drain.
+
+Built by `siesta.app` from the config; owns the connection set, the upstream
+pool and the activator. Start-up, serve, drain with a deadline, then close what
+is left (uvicorn's server lifecycle, kept small).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from siesta.core.model import Session, State
+from siesta.core.routing import Router, RoutingMode
+from siesta.lifecycle import Lifecycle
+
+from .activator import Activator
+from .client import ClientConnection
+from .upstream import UpstreamPool
+
+log = logging.getLogger("siesta.gateway")
+
+
+class GatewaySettings(Protocol):
+    """What the gateway reads from the `gateway:` section of the config."""
+
+    @property
+    def routing(self) -> RoutingMode: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def header(self) -> str: ...
+    @property
+    def strip_prefix(self) -> bool: ...
+    @property
+    def wake_timeout(self) -> float: ...
+    @property
+    def waiting_page(self) -> str: ...
+    @property
+    def waiting_page_after(self) -> float: ...
+    @property
+    def max_held_per_session(self) -> int: ...
+    @property
+    def max_held_total(self) -> int: ...
+    @property
+    def header_timeout(self) -> float: ...
+    @property
+    def keepalive_timeout(self) -> float: ...
+    @property
+    def max_head_size(self) -> int: ...
+    @property
+    def drain_timeout(self) -> float: ...
+
+
+class Gateway:
+    """The HTTP/1.1 data plane in front of the session backends."""
+
+    def __init__(self, settings: GatewaySettings, lifecycle: Lifecycle):
+        self.lifecycle = lifecycle
+        self.router = Router(
+            settings.routing, domain=settings.domain, strip_prefix=settings.strip_prefix
+        )
+        self.route_header = settings.header.lower().encode()
+        self.wake_timeout = settings.wake_timeout
+        self.waiting_page = settings.waiting_page == "auto"
+        self.waiting_page_after = settings.waiting_page_after
+        self.max_held_per_session = settings.max_held_per_session
+        self.max_held_total = settings.max_held_total
+        self.header_timeout = settings.header_timeout
+        self.keepalive_timeout = settings.keepalive_timeout
+        self.max_head_size = settings.max_head_size
+        self.drain_timeout = settings.drain_timeout
+        self.now = time.monotonic
+        self.pool = UpstreamPool()
+        self.activator = Activator(self)
+        self.connections: set[ClientConnection] = set()
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        lifecycle.listeners.append(self._on_transition)
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Start accepting on `host:port` (port 0 picks one); return the bound address."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=2048
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="gateway timeouts")
+        bound = server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def drain(self) -> None:
+        """Stop accepting, let requests in flight finish (up to `drain_timeout`), close."""
+        for server in self._servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        while loop.time() < deadline:
+            for conn in list(self.connections):
+                if conn.current is None and not conn.queue and conn.tunnel is None:
+                    conn.close()
+            if not self.connections:
+                break
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.close()
+        for server in self._servers:
+            await server.wait_closed()
+
+    def _on_transition(self, session: Session, old: State, new: State) -> None:
+        if old is State.AWAKE and session.endpoint is not None:
+            self.pool.drop(session.endpoint)  # the backend is going: its sockets go with it
+
+    async def _sweep(self) -> None:
+        """Close connections past their deadline (slow heads, idle keep-alives)."""
+        interval = max(0.05, min(1.0, self.header_timeout / 4, self.keepalive_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = self.now()
+            for conn in list(self.connections):
+                if conn.deadline and now > conn.deadline:
+                    conn.deadline = 0.0
+                    try:
+                        conn.expire()
+                    except Exception:  # one bad connection never stops the sweeper
+                        log.exception("closing an expired connection failed")

@@ -1,0 +1,1 @@
+"""Where backends run: `local` (processes on this machine)."""

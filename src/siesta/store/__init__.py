@@ -1,0 +1,1 @@
+"""Where sessions and their events are kept: `sqlite` (embedded default)."""
