@@ -1,0 +1,5 @@
+"""`python -m siesta` is the `siesta` command."""
+
+from siesta.cli import app
+
+app()
