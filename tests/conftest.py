@@ -184,3 +184,33 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def raw(port: int, data: bytes, *, until_close: bool = True, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to the gateway; return what comes back until it closes (or timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                part = sock.recv(65536)
+            except TimeoutError:
+                if until_close:
+                    raise
+                break
+            if not part:
+                break
+            chunks.append(part)
+        return b"".join(chunks)
+
+
+def slow_start_template(delay: float, **extra: Any) -> dict[str, Any]:
+    """A backend that waits `delay` seconds before it starts listening."""
+    wrapper = (
+        "import os, sys, time; time.sleep(float(sys.argv[1])); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+    )
+    return backend_template(
+        command=[sys.executable, "-c", wrapper, str(delay), BACKEND, "{port}", "{session}"],
+        **extra,
+    )

@@ -42,12 +42,17 @@ class Activator:
             )
             return
         req.wake = b"cold"
+        self.held += 1  # counted now, not when the task first runs: the bound must hold
+        session.activity.held += 1
         req.hold = asyncio.ensure_future(self._hold(conn, req, session))
+        req.hold.add_done_callback(lambda _: self._release(session))
+
+    def _release(self, session: Session) -> None:
+        self.held -= 1
+        session.activity.held -= 1
 
     async def _hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
         gw = self.gw
-        self.held += 1
-        session.activity.held += 1
         reason = f"request {req.method.decode(errors='replace')} {req.target[:80]!r}"[:120]
         wake = asyncio.ensure_future(gw.lifecycle.wake(session.id, reason))
         try:
@@ -71,9 +76,6 @@ class Activator:
             if req is conn.current and not conn.closing and session.endpoint is not None:
                 req.hold = None
                 conn.forward(req, session.endpoint)
-        finally:
-            self.held -= 1
-            session.activity.held -= 1
 
     def _waiting_page(
         self, conn: ClientConnection, req: Request, session: Session, wake: asyncio.Future[Session]

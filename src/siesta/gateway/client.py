@@ -10,6 +10,7 @@ connection becomes a byte tunnel. Activity is counted on the session object.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -31,6 +32,8 @@ from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from .server import Gateway
+
+log = logging.getLogger("siesta.gateway")
 
 # Reasons reading from the client is paused (bit flags).
 PIPELINE = 1  # a request waits behind the current one
@@ -149,10 +152,13 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade_requested(data[upgrade.args[0] :])
-        except HeadTooLarge:
-            self._refuse(431, "the request head is larger than the gateway accepts")
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"malformed request ({exc})")
+            if self._head_size > self.gw.max_head_size:  # raised in on_url / on_header
+                self._refuse(431, "the request head is larger than the gateway accepts")
+            else:
+                if isinstance(exc, httptools.HttpParserCallbackError):
+                    log.warning("request handling failed on one connection", exc_info=exc)
+                self._refuse(400, f"malformed request ({exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
