@@ -6,12 +6,13 @@
 # siesta runs it as a template command (`{port}` filled in at start time); bench/run.py
 # also runs it directly to time nginx's own start. It writes an nginx config for PORT
 # into DIR/backend-PORT/ and execs nginx in the foreground, so the process siesta
-# starts (and signals) is the nginx master itself. Set NGINX to pick the binary.
+# starts (and signals) is the nginx master itself. Set BENCH_NGINX to pick the binary
+# (not NGINX: nginx itself reads that variable, for inherited listening sockets).
 set -euo pipefail
 
 port="${1:?usage: nginx-backend.sh PORT DIR}"
 dir="${2:?usage: nginx-backend.sh PORT DIR}"
-nginx="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
+nginx="${BENCH_NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 run="$dir/backend-$port"
 mkdir -p "$run"
 

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from siesta.core.model import State
 from siesta.store.base import SessionRecord
@@ -249,7 +249,7 @@ def nginx_version(nginx: str) -> str:
 
 def backend_env(settings: Settings) -> dict[str, str]:
     """The environment of the backend wrapper: which nginx to run."""
-    return {**os.environ, "NGINX": settings.nginx}
+    return {**os.environ, "BENCH_NGINX": settings.nginx}
 
 
 def backend_command(backends: Path, port: str) -> list[str]:
@@ -342,7 +342,7 @@ def write_siesta_config(
                 "ready": {"tcp": True},
                 "idle_timeout": idle_timeout,
                 "stop_grace": "5s",
-                "env": {"NGINX": settings.nginx},
+                "env": {"BENCH_NGINX": settings.nginx},
             }
         },
         "sessions": {SESSION: {"template": "nginx"}},

@@ -7,6 +7,7 @@ and waits (a poll with a deadline) until it accepts connections. Backends are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -180,10 +181,8 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
             except subprocess.TimeoutExpired:
                 handle.proc.kill()
         for pid in pids:  # never leave a backend behind, even when a test failed
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def raw(port: int, data: bytes, *, until_close: bool = True, timeout: float = 10.0) -> bytes:

@@ -64,7 +64,8 @@ def test_wake_timeout_answers_503_with_retry_after(siesta: Launcher) -> None:
     assert "alice" in response.text
     wait_for(lambda: run.state("alice") is State.ASLEEP, what="the failed start to be recorded")
     reasons = [e.reason for e in run.events("alice") if e.old is State.WAKING]
-    assert reasons and "start failed" in reasons[0]
+    assert reasons
+    assert "start failed" in reasons[0]
 
 
 def test_repeated_start_failures_make_the_session_failed(siesta: Launcher) -> None:

@@ -49,7 +49,7 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            err.print(f"[red]error[/red] {problem}", highlight=False, markup=True)
+            err.print(f"[red]error[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -81,7 +81,7 @@ def up(
     try:
         asyncio.run(serve(conf, ready=announce))
     except AlreadyRunning as exc:
-        err.print(f"[red]error[/red] {exc}")
+        err.print(f"[red]error[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 

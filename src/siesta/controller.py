@@ -10,6 +10,7 @@ that was busy is simply re-scheduled when its check comes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections.abc import Mapping
@@ -98,13 +99,15 @@ class Controller:
         if not decision.sleep:
             self._schedule(sid, decision.next_check)
             return False
-        task = asyncio.create_task(self._lifecycle.sleep(sid, decision.reason), name=f"sleep {sid}")
+        task = self._lifecycle.begin_sleep(sid, decision.reason)
+        if task is None:
+            return False
         self._sleeps.add(task)
         task.add_done_callback(self._sleep_done)
         return True
 
-    def _sleep_done(self, task: asyncio.Task[bool]) -> None:
-        self._sleeps.discard(task)  # type: ignore[arg-type]
+    def _sleep_done(self, task: asyncio.Task[None]) -> None:
+        self._sleeps.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("putting a session to sleep failed", exc_info=task.exception())
 
@@ -115,10 +118,8 @@ class Controller:
             delay = self._heap[0][0] - self._clock.monotonic() if self._heap else 3600.0
             self._changed.clear()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), delay)
-                except TimeoutError:
-                    pass
 
     async def close(self) -> None:
         """Wait for sleeps under way."""

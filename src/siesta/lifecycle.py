@@ -245,21 +245,28 @@ class Lifecycle:
     # -- sleep ----------------------------------------------------------------
 
     async def sleep(self, session_id: str, reason: str) -> bool:
-        """Stop an AWAKE session's backend. False if it was not AWAKE."""
-        session = self.sessions[session_id]
-        if session.state is not State.AWAKE:
+        """Stop an AWAKE session's backend and wait for it. False if it was not AWAKE."""
+        task = self.begin_sleep(session_id, reason)
+        if task is None:
             return False
-        task = asyncio.create_task(self._run_sleep(session, reason), name=f"sleep {session_id}")
-        self._stops[session_id] = task
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done() and self._stops.get(session_id) is task:
-                del self._stops[session_id]
+        await asyncio.shield(task)
         return True
 
-    async def _run_sleep(self, session: Session, reason: str) -> None:
+    def begin_sleep(self, session_id: str, reason: str) -> asyncio.Task[None] | None:
+        """Move an AWAKE session to STOPPING now and stop its backend in a task.
+
+        The move happens before returning, so no request can be forwarded to the
+        backend after the decision: it is held and wakes the session again.
+        """
+        session = self.sessions[session_id]
+        if session.state is not State.AWAKE:
+            return None
         self._move(session, State.STOPPING, reason)
+        task = asyncio.create_task(self._finish_sleep(session, reason), name=f"sleep {session_id}")
+        self._stops[session_id] = task
+        return task
+
+    async def _finish_sleep(self, session: Session, reason: str) -> None:
         try:
             await self._provider.stop(session.id, self._templates[session.template].stop_grace)
         finally:

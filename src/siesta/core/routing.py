@@ -66,8 +66,7 @@ class Router:
         if not tail.startswith(b"/"):
             # "/s/alice" or "/s/alice?x": relative links need the trailing slash.
             return Route(redirect=PATH_PREFIX + name + b"/" + tail)
-        route = _checked(name, tail if self._strip else target)
-        return route
+        return _checked(name, tail if self._strip else target)
 
     def _by_host(self, target: bytes, host: bytes | None) -> Route:
         if not host:

@@ -59,7 +59,8 @@ class SqliteStore:
         self._db.execute(
             "INSERT INTO sessions (id, template, labels, state, created, updated)"
             " VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET template = excluded.template, labels = excluded.labels",
+            " ON CONFLICT (id) DO UPDATE"
+            " SET template = excluded.template, labels = excluded.labels",
             (session_id, template, json.dumps(labels), State.ASLEEP.value, now, now),
         )
 
