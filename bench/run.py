@@ -625,7 +625,7 @@ class Report:
     wakes: list[Wake] = field(default_factory=list)
     wake_summary: dict[str, float] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    siesta_log_problems: list[str] = field(default_factory=list)
+    log_problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -696,7 +696,7 @@ def print_report(report: Report) -> None:
     }
     print()
     for name, value in report.ratios.items():
-        print(f"{name:<26} {value:6.2f}x   {marks.get(name, '')}")
+        print(f"{name:<26} {value:6.2f}x   {marks.get(name, '')}".rstrip())
     wake = report.wake_summary
     print()
     print(
@@ -712,11 +712,41 @@ def print_report(report: Report) -> None:
     print("  (both include starting bash for bench/nginx-backend.sh, so it cancels out)")
 
 
-_PROBLEM = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b|Traceback|Exception|exception")
+_PROBLEM = re.compile(
+    r"\b(ERROR|WARNING|CRITICAL)\b|Traceback|Exception|exception"  # siesta's log
+    r"|\[(emerg|alert|crit|error|warn)\]"  # nginx's, as the backends print it
+)
 
 
-def log_problems(*logs: Path) -> list[str]:
-    """Lines of siesta's logs that report errors, warnings or tracebacks."""
+@dataclass(frozen=True)
+class Logs:
+    """siesta's logs (one per run), and the backends' output under siesta and under us."""
+
+    siesta_throughput: Path
+    siesta_wake: Path
+    backend_under_siesta: Path
+    backend_alone: Path
+
+    @classmethod
+    def under(cls, tmp: Path) -> Logs:
+        return cls(
+            tmp / "siesta-throughput.log",
+            tmp / "siesta-wake.log",
+            tmp / "state" / "logs" / f"{SESSION}.log",  # where siesta puts its output
+            tmp / "backend-alone.log",
+        )
+
+    def all(self) -> list[Path]:
+        return [
+            self.siesta_throughput,
+            self.siesta_wake,
+            self.backend_under_siesta,
+            self.backend_alone,
+        ]
+
+
+def log_problems(logs: list[Path]) -> list[str]:
+    """Lines of the logs that report errors, warnings or tracebacks."""
     found = []
     for log in logs:
         with contextlib.suppress(OSError):
@@ -726,11 +756,13 @@ def log_problems(*logs: Path) -> list[str]:
     return found
 
 
-def save_logs(tmp: Path, logs: list[Path]) -> None:
+def save_logs(logs: list[Path]) -> None:
     """Keep siesta's and the backends' logs in bench/out/ for a look afterwards."""
-    for log in [*logs, tmp / "state" / "logs" / f"{SESSION}.log"]:
+    for log in logs:
         if log.exists():
             shutil.copyfile(log, OUT / log.name)
+        else:
+            (OUT / log.name).unlink(missing_ok=True)  # not a stale one from an earlier run
 
 
 # -- main -------------------------------------------------------------------------------
@@ -766,13 +798,13 @@ def workspace() -> Iterator[tuple[Path, Processes]]:
 
 
 def run_throughput(
-    procs: Processes, settings: Settings, tmp: Path, report: Report, logs: list[Path]
+    procs: Processes, settings: Settings, tmp: Path, report: Report, logs: Logs
 ) -> None:
     """Part 1: the same backend directly, behind nginx and behind siesta."""
     store, backends = tmp / "state" / "state.db", tmp / "backends"
     port = free_port()
     config = write_siesta_config(tmp / "siesta.yaml", settings, port, store, backends, "1h")
-    siesta = start_siesta(procs, config, port, store, logs[0])
+    siesta = start_siesta(procs, config, port, store, logs.siesta_throughput)
     record = wake_for_throughput(siesta)
     assert record.endpoint is not None
     backend = record.endpoint.port
@@ -794,7 +826,7 @@ def run_throughput(
 
 
 def run_wake_cost(
-    procs: Processes, settings: Settings, tmp: Path, report: Report, logs: list[Path]
+    procs: Processes, settings: Settings, tmp: Path, report: Report, logs: Logs
 ) -> None:
     """Part 2: siesta restarted with a short idle timeout; cold requests against it."""
     store, backends = tmp / "state" / "state.db", tmp / "backends"
@@ -802,9 +834,9 @@ def run_wake_cost(
     config = write_siesta_config(
         tmp / "siesta-wake.yaml", settings, port, store, backends, WAKE_IDLE_TIMEOUT
     )
-    siesta = start_siesta(procs, config, port, store, logs[1])
+    siesta = start_siesta(procs, config, port, store, logs.siesta_wake)
     print(f"measuring {settings.wakes} wakes (idle_timeout {WAKE_IDLE_TIMEOUT})")
-    report.wakes = measure_wakes(procs, settings, siesta, backends, tmp / "own-backend.log")
+    report.wakes = measure_wakes(procs, settings, siesta, backends, logs.backend_alone)
     report.wake_summary = summarize_wakes(report.wakes)
     print(f"stopping siesta: took {stop_siesta(procs, siesta):.2f}s")
 
@@ -828,19 +860,19 @@ def main() -> int:
         f"load average {report.machine['load_average'][0]:.2f}"
     )
     with workspace() as (tmp, procs):
-        logs = [tmp / "siesta-throughput.log", tmp / "siesta-wake.log"]
+        logs = Logs.under(tmp)
         try:
             run_throughput(procs, settings, tmp, report, logs)
             run_wake_cost(procs, settings, tmp, report, logs)
         finally:
             procs.stop_all()
-            report.siesta_log_problems = log_problems(*logs)
-            save_logs(tmp, logs)
+            report.log_problems = log_problems(logs.all())
+            save_logs(logs.all())
     report.targets = judge(report)
     print_report(report)
-    if report.siesta_log_problems:
-        print("\nsiesta logged problems:")
-        for line in report.siesta_log_problems:
+    if report.log_problems:
+        print("\nproblems in the logs of siesta and the backends:")
+        for line in report.log_problems:
             print(f"  {line}")
     (OUT / "results.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     print(f"\nresults: {(OUT / 'results.json').relative_to(ROOT)}, logs in bench/out/")

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -205,6 +206,8 @@ class Demo:
         finally:
             refresher.cancel()
             self.ended = self.ended or time.time()
+            if not self.console.is_terminal:
+                self.console.line()  # Live ends its last frame with a newline on terminals only
             self.console.print("[dim]stopping siesta and every backend…[/dim]")
 
     async def _drive(self, app: Siesta, view: SessionsView) -> None:
@@ -329,6 +332,7 @@ class SessionsView:
         now = time.monotonic()
         return Group(
             sessions_table(sessions, now, self.idle),
+            Text(""),
             events_table(recent),
             Text(self.status, style="bold"),
         )
@@ -336,11 +340,17 @@ class SessionsView:
 
 def sessions_table(sessions: Sequence[Session], now: float, idle: float) -> Table:
     """Each session's state, idle and awake times, connections and backend pid."""
-    table = Table(caption=f"asleep after {format_duration(idle)} without traffic")
-    for name in ("session", "tier", "state", "idle for", "awake for"):
-        table.add_column(name)
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        show_edge=False,
+        caption=f"asleep after {format_duration(idle)} without traffic",
+        caption_justify="left",
+    )
+    for name in ("session", "state", "idle for", "awake for"):
+        table.add_column(name, no_wrap=True)
     for name in ("conns", "in flight", "requests", "pid"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for session in sessions:
         table.add_row(*_session_cells(session, now))
     return table
@@ -353,7 +363,6 @@ def _session_cells(session: Session, now: float) -> list[str]:
     awake_for = format_duration(now - session.awake_since) if session.awake_since else ""
     return [
         session.id,
-        session.labels.get("tier", ""),
         f"[{STATE_STYLE[session.state]}]{session.state.lower()}[/]",
         idle_for,
         awake_for,
@@ -367,6 +376,8 @@ def _session_cells(session: Session, now: float) -> list[str]:
 def events_table(events: Sequence[Transition]) -> Table:
     """The latest transitions, one a line: when, who, the move and why."""
     table = Table.grid(padding=(0, 1))
+    if not events:
+        table.add_row("[dim]no transitions yet: open a URL above to wake a session[/dim]")
     for event in events:
         table.add_row(
             f"[dim]{time.strftime('%H:%M:%S', time.localtime(event.at))}[/dim]",
@@ -380,6 +391,8 @@ def events_table(events: Sequence[Transition]) -> Table:
 def _why(event: Transition) -> str:
     if event.wake_seconds is not None:
         return f"ready in {event.wake_seconds * 1000:.0f} ms"
+    if event.old is State.STOPPING and event.new is State.ASLEEP:
+        return "backend stopped"
     return event.reason
 
 
@@ -608,14 +621,19 @@ def print_summary(
 def summary_table(rows: Sequence[SessionSummary], seconds: float) -> Table:
     """Per session and in total: requests, wakes, sleeps, wake times, awake vs always-on."""
     table = Table(
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        show_edge=False,
         title=f"summary of {format_duration(seconds)} of scripted traffic",
-        caption="always-on: a backend running the whole time; awake: the time siesta "
-        "ran one (waking, awake or stopping); wake times: from start to ready",
+        title_justify="left",
+        caption="wake: from start to ready. awake: time with a backend process (waking, "
+        "awake or stopping). always-on: a backend running the whole time.",
+        caption_justify="left",
     )
-    table.add_column("session")
-    for name in ("requests", "wakes", "sleeps", "wake p50", "wake p95", "awake", "always-on"):
-        table.add_column(name, justify="right")
-    table.add_column("saved", justify="right", style="bold")
+    table.add_column("session", no_wrap=True)
+    for name in ("requests", "wakes", "sleeps", "wake\np50", "wake\np95", "awake", "always\non"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("saved", justify="right", style="bold", no_wrap=True)
     for index, row in enumerate(rows):
         table.add_row(*_summary_cells(row), end_section=index == len(rows) - 1)
     table.add_row(*_summary_cells(_total(rows)), style="bold")
