@@ -83,6 +83,10 @@ def up(
     except AlreadyRunning as exc:
         err.print(f"[red]error[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        where = f"{conf.path}: gateway.listen {conf.gateway.listen}"
+        err.print(f"[red]error[/red] {where}: {exc.strerror or exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

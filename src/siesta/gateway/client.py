@@ -24,9 +24,10 @@ from .http import (
     HOP_BY_HOP,
     LAST_CHUNK,
     chunk,
-    connection_tokens,
     error_body,
+    extra_hop_headers,
     local_response,
+    without,
 )
 from .upstream import UpstreamConnection
 
@@ -56,12 +57,15 @@ class Request:
         "buffered",
         "chunk_out",
         "chunked",
+        "connection",
         "counted",
         "early",
+        "forwarded_for",
         "headers",
         "hold",
         "host",
         "keep_alive",
+        "lines",
         "method",
         "pending",
         "responded",
@@ -85,6 +89,9 @@ class Request:
         self.chunked = False
         self.chunk_out = False  # the response is re-framed as chunks for the client
         self.host: bytes | None = None
+        self.connection: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.lines: list[tuple[bytes, bytes]] = []  # (lower-case name, line) to forward
         self.route_value: bytes | None = None
         self.body_done = False
         self.pending: list[bytes] = []
@@ -213,20 +220,34 @@ class ClientConnection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = parser.should_upgrade()
         self.deadline = 0.0
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname == b"host":
-                req.host = value
-            elif lname == b"transfer-encoding":
-                req.chunked = True
-            elif lname == self._route_header:
-                req.route_value = value
+        self._sort_headers(req)
         if self.current is None:
             self.current = req
             self._dispatch(req)
         else:
             self.queue.append(req)
             self._pause(PIPELINE)
+
+    def _sort_headers(self, req: Request) -> None:
+        """One pass over the headers: what routing needs, and the lines to forward."""
+        lines = req.lines
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    req.chunked = True
+                elif lname == b"connection":
+                    req.connection = value
+                continue
+            if lname in FORWARDED:
+                if lname == b"x-forwarded-for":
+                    req.forwarded_for = value
+                continue
+            if lname == b"host":
+                req.host = value
+            elif lname == self._route_header:
+                req.route_value = value
+            lines.append((lname, name + b": " + value))
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -328,45 +349,35 @@ class ClientConnection(asyncio.Protocol):
             req.early = b""
 
     def _request_head(self, req: Request) -> bytes:
-        drop = connection_tokens(req.headers)
-        forwarded_for = self.peer
-        host = b""
-        lines = [req.method + b" " + req.target + b" HTTP/1.1"]
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname in FORWARDED:
-                if lname == b"x-forwarded-for":
-                    forwarded_for = value + b", " + self.peer
-                continue
-            if lname in HOP_BY_HOP or lname in drop:
-                continue
-            if lname == b"host":
-                host = value
-            lines.append(name + b": " + value)
+        lines = req.lines
+        extra = extra_hop_headers(req.connection)
+        if extra:
+            lines = without(lines, extra)
+        out = [req.method + b" " + req.target + b" HTTP/1.1"]
+        out.extend(line for _, line in lines)
         if req.chunked:
-            lines.append(b"Transfer-Encoding: chunked")
+            out.append(b"Transfer-Encoding: chunked")
         if req.upgrade:
-            upgrade = req.header(b"upgrade") or b"websocket"
-            lines.append(b"Connection: Upgrade")
-            lines.append(b"Upgrade: " + upgrade)
-        lines.append(b"X-Forwarded-For: " + forwarded_for)
-        lines.append(b"X-Forwarded-Proto: http")
-        if host:
-            lines.append(b"X-Forwarded-Host: " + host)
-        lines.append(CRLF)
-        return CRLF.join(lines)
+            out.append(b"Connection: Upgrade")
+            out.append(b"Upgrade: " + (req.header(b"upgrade") or b"websocket"))
+        forwarded = req.forwarded_for
+        out.append(
+            b"X-Forwarded-For: " + (forwarded + b", " + self.peer if forwarded else self.peer)
+        )
+        out.append(b"X-Forwarded-Proto: http")
+        if req.host:
+            out.append(b"X-Forwarded-Host: " + req.host)
+        out.append(CRLF)
+        return CRLF.join(out)
 
     # -- ResponseSink (called by the upstream connection) ---------------------
 
-    def response_head(
-        self, status: int, phrase: bytes, headers: list[tuple[bytes, bytes]], sized: bool
-    ) -> None:
+    def response_head(self, status: int, phrase: bytes, lines: list[bytes], sized: bool) -> None:
         req = self.current
         if req is None or self.transport is None:
             return
         self._touch_response(req, 0)
-        lines = [b"HTTP/1.1 %d %s" % (status, phrase)]
-        lines.extend(name + b": " + value for name, value in headers)
+        lines.insert(0, b"HTTP/1.1 %d %s" % (status, phrase))
         if status >= 200 and status != 101:
             req.responded = True
             if not sized:

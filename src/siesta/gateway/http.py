@@ -35,13 +35,22 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in `Connection:` (lower case): hop-by-hop for this message."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+# Connection options that name no header: nothing more to drop when only these are used.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def extra_hop_headers(connection: bytes | None) -> frozenset[bytes]:
+    """Header names (lower case) that `Connection: <value>` makes hop-by-hop, beyond the
+    standard ones; empty in the common case (`keep-alive`, `close`, `upgrade`)."""
+    if not connection:
+        return frozenset()
+    tokens = {t.strip().lower() for t in connection.split(b",")}
+    return frozenset(tokens - PLAIN_CONNECTION)
+
+
+def without(lines: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """`lines` (lower-case name, header line) minus those whose name is in `names`."""
+    return [item for item in lines if item[0] not in names]
 
 
 def chunk(data: bytes) -> list[bytes]:

@@ -14,7 +14,7 @@ import httptools
 
 from siesta.core.model import Endpoint
 
-from .http import HOP_BY_HOP, connection_tokens
+from .http import HOP_BY_HOP, extra_hop_headers, without
 
 MAX_IDLE_PER_ENDPOINT = 256
 
@@ -22,9 +22,9 @@ MAX_IDLE_PER_ENDPOINT = 256
 class ResponseSink(Protocol):
     """Where an upstream connection delivers the response it reads."""
 
-    def response_head(
-        self, status: int, phrase: bytes, headers: list[tuple[bytes, bytes]], sized: bool
-    ) -> None: ...
+    def response_head(self, status: int, phrase: bytes, lines: list[bytes], sized: bool) -> None:
+        """The response's status and header lines (hop-by-hop ones removed)."""
+
     def response_body(self, data: bytes) -> None: ...
     def response_done(self) -> None: ...
     def response_failed(self, why: str) -> None: ...
@@ -131,25 +131,30 @@ class UpstreamConnection(asyncio.Protocol):
             self._reusable = parser.should_keep_alive()
             self._complete()
 
-    def _response_headers(self, status: int) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """Filter hop-by-hop headers; tell whether the body's size is known in advance
+    def _response_headers(self, status: int) -> tuple[list[bytes], bool]:
+        """Header lines to relay, and whether the body's size is known in advance
         (a Content-Length, or no body at all) rather than chunked or ended by a close."""
         if status == 101:
-            return self._headers, True
-        drop = connection_tokens(self._headers)
-        keep: list[tuple[bytes, bytes]] = []
+            return [name + b": " + value for name, value in self._headers], True
         sized = self.no_body or status in (204, 304) or status < 200
         self._chunked = False
+        connection = None
+        keep: list[tuple[bytes, bytes]] = []
         for name, value in self._headers:
             lname = name.lower()
-            if lname == b"content-length":
-                sized = True
-            elif lname in HOP_BY_HOP or lname in drop:
+            if lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
                     self._chunked = True
+                elif lname == b"connection":
+                    connection = value
                 continue
-            keep.append((name, value))
-        return keep, sized and not self._chunked
+            if lname == b"content-length":
+                sized = True
+            keep.append((lname, name + b": " + value))
+        extra = extra_hop_headers(connection)
+        if extra:
+            keep = without(keep, extra)
+        return [line for _, line in keep], sized and not self._chunked
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and not self.no_body:
