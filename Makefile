@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
+	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

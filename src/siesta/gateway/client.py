@@ -415,6 +415,8 @@ class ClientConnection(asyncio.Protocol):
         if req.chunk_out and self.transport is not None:
             self.transport.write(LAST_CHUNK)
         req.response_done = True
+        if not req.body_done and req.upstream is not None:
+            req.upstream.close()  # answered early: its request body was cut, never reuse it
         req.upstream = None
         self._finish_count(req)
         if not req.keep_alive:
