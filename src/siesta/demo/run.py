@@ -52,8 +52,11 @@ ROUNDS: tuple[dict[str, int], ...] = (
 )
 """Requests per session in each round: alice is busy, bob comes back once, carol visits once."""
 
-GAP = 0.04
+GAP = 0.03
 """Time between two requests of a burst, as a share of the idle timeout."""
+
+PAUSE = 0.2
+"""Time everyone stays asleep between two rounds, as a share of the idle timeout."""
 
 PATHS = ("/", "/api/info")
 """The paths a burst asks for in turn: the page, then what the page's backend says of itself."""
@@ -274,8 +277,8 @@ def _read_events(store_path: Path, since: float) -> list[Transition]:
 def _introduce(console: Console, config: Config, traffic: bool) -> None:
     idle = config.templates[TEMPLATE].idle_timeout
     console.print(
-        f"\n[bold]siesta demo[/bold]: {len(SESSIONS)} sessions of a small demo app "
-        f"behind one gateway on {config.gateway.listen}.\n"
+        f"\n[bold]siesta demo[/bold]: {len(SESSIONS)} sessions of a small demo app, "
+        "each with its own backend process, behind one gateway.\n"
     )
     base = f"http://{config.gateway.listen}"
     for sid, tier in SESSIONS.items():
@@ -307,10 +310,10 @@ def _scenario_text(idle: float) -> str:
     )
 
 
-def scenario_seconds(idle: float, wake: float = 1.0) -> float:
+def scenario_seconds(idle: float, wake: float = 0.5) -> float:
     """A rough length of the scripted scenario: per round, a burst, the idle wait, a wake."""
     bursts = sum((max(r.values()) - 1) * GAP * idle for r in ROUNDS)
-    return bursts + len(ROUNDS) * (idle + wake)
+    return bursts + len(ROUNDS) * (idle + wake) + (len(ROUNDS) - 1) * PAUSE * idle
 
 
 # --- the live table ---------------------------------------------------------------------
@@ -439,6 +442,9 @@ class Script:
         """Play every round."""
         for number, burst in enumerate(ROUNDS, 1):
             step = f"round {number} of {len(ROUNDS)}"
+            if number > 1:
+                self.view.status = f"{step} starts in {format_duration(PAUSE * self.idle)}"
+                await asyncio.sleep(PAUSE * self.idle)
             self.view.status = f"{step}: requests to {_names(burst)}"
             await asyncio.gather(*(self._burst(sid, count) for sid, count in burst.items()))
             await self._until_asleep(step, list(burst))

@@ -53,7 +53,8 @@ class Activator:
 
     async def _hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
         gw = self.gw
-        reason = f"request {req.method.decode(errors='replace')} {req.target[:80]!r}"[:120]
+        target = req.target[:80].decode("latin-1")
+        reason = f"request {req.method.decode('latin-1')} /s/{session.id}{target}"
         wake = asyncio.ensure_future(gw.lifecycle.wake(session.id, reason))
         try:
             if gw.waiting_page and _wants_page(req):

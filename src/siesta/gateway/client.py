@@ -27,9 +27,10 @@ from .http import (
     error_body,
     extra_hop_headers,
     local_response,
+    reason,
     without,
 )
-from .upstream import UpstreamConnection
+from .upstream import CHUNKED, TO_CLOSE, UpstreamConnection
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -133,6 +134,7 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._head_size = 0
         self._route_header = gateway.route_header
+        self._out: list[bytes] = []  # response bytes gathered for one write
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -353,7 +355,9 @@ class ClientConnection(asyncio.Protocol):
         extra = extra_hop_headers(req.connection)
         if extra:
             lines = without(lines, extra)
-        out = [req.method + b" " + req.target + b" HTTP/1.1"]
+        # An HTTP/1.0 client's request goes out as 1.0, so no chunked answer comes back.
+        version = b" HTTP/1.1" if req.version == "1.1" else b" HTTP/1.0"
+        out = [req.method + b" " + req.target + version]
         out.extend(line for _, line in lines)
         if req.chunked:
             out.append(b"Transfer-Encoding: chunked")
@@ -372,48 +376,56 @@ class ClientConnection(asyncio.Protocol):
 
     # -- ResponseSink (called by the upstream connection) ---------------------
 
-    def response_head(self, status: int, phrase: bytes, lines: list[bytes], sized: bool) -> None:
+    def response_head(self, status: int, status_line: bytes, lines: bytes, framing: int) -> None:
         req = self.current
-        if req is None or self.transport is None:
+        if req is None:
             return
         self._touch_response(req, 0)
-        lines.insert(0, b"HTTP/1.1 %d %s" % (status, phrase))
+        out = self._out
+        out.append(
+            b"HTTP/1.1" + status_line[8:] + CRLF
+            if status_line[:7] == b"HTTP/1."
+            else b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+        )
+        out.append(lines)
         if status >= 200 and status != 101:
             req.responded = True
-            if not sized:
+            if framing == CHUNKED:
+                out.append(b"Transfer-Encoding: chunked\r\n")  # the chunks are relayed as is
+            elif framing == TO_CLOSE:
                 if req.version == "1.1":
                     req.chunk_out = True
-                    lines.append(b"Transfer-Encoding: chunked")
+                    out.append(b"Transfer-Encoding: chunked\r\n")
                 else:
                     req.keep_alive = False  # an HTTP/1.0 client reads to the close
             if not req.body_done or req.upgrade:
                 req.keep_alive = False  # answered before the body ended, or a refused upgrade
             if not req.keep_alive:
-                lines.append(b"Connection: close")
+                out.append(b"Connection: close\r\n")
             elif req.version == "1.0":
-                lines.append(b"Connection: keep-alive")
-            lines.append(b"X-Siesta-Wake: " + req.wake)
-        lines.append(CRLF)
-        self.transport.write(CRLF.join(lines))
+                out.append(b"Connection: keep-alive\r\n")
+            out.append(b"X-Siesta-Wake: " + req.wake + CRLF)
+        out.append(CRLF)
         if status == 101:
+            self.flush()
             self._start_tunnel(req)
 
     def response_body(self, data: bytes) -> None:
         req = self.current
-        if req is None or self.transport is None:
+        if req is None:
             return
         self._touch_response(req, len(data))
         if req.chunk_out:
-            self.transport.writelines(chunk(data))
+            self._out.extend(chunk(data))
         else:
-            self.transport.write(data)
+            self._out.append(data)
 
     def response_done(self) -> None:
         req = self.current
         if req is None:
             return
-        if req.chunk_out and self.transport is not None:
-            self.transport.write(LAST_CHUNK)
+        if req.chunk_out:
+            self._out.append(LAST_CHUNK)
         req.response_done = True
         if not req.body_done and req.upstream is not None:
             req.upstream.close()  # answered early: its request body was cut, never reuse it
@@ -423,6 +435,13 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         elif req.body_done:
             self._next()
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            if self.transport is not None and not self.closing:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def response_failed(self, why: str) -> None:
         req = self.current
@@ -469,6 +488,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if req is not self.current:
             return  # pipelined behind another: answered when its turn comes
+        self.flush()
         req.responded = req.response_done = True
         keep_alive = req.keep_alive and req.body_done and not req.upgrade
         req.keep_alive = keep_alive
@@ -593,6 +613,7 @@ class ClientConnection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
+        self.flush()
         if not self.closing and self.transport is not None:
             self.closing = True
             self.transport.close()

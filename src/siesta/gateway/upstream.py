@@ -8,13 +8,14 @@ Idle connections wait in the `UpstreamPool`, one list per backend endpoint.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol, cast
 
 import httptools
 
 from siesta.core.model import Endpoint
 
-from .http import HOP_BY_HOP, extra_hop_headers, without
+from .http import extra_hop_headers
 
 MAX_IDLE_PER_ENDPOINT = 256
 
@@ -22,20 +23,54 @@ MAX_IDLE_PER_ENDPOINT = 256
 class ResponseSink(Protocol):
     """Where an upstream connection delivers the response it reads."""
 
-    def response_head(self, status: int, phrase: bytes, lines: list[bytes], sized: bool) -> None:
-        """The response's status and header lines (hop-by-hop ones removed)."""
+    def response_head(self, status: int, status_line: bytes, lines: bytes, framing: int) -> None:
+        """The status line (`HTTP/1.x 200 OK`) and the header lines, each ending in CRLF,
+        hop-by-hop ones removed; `framing` says how the body that follows is delimited."""
 
-    def response_body(self, data: bytes) -> None: ...
+    def response_body(self, data: bytes) -> None:
+        """Body bytes as they came from the backend (still chunk-framed when CHUNKED)."""
+
     def response_done(self) -> None: ...
     def response_failed(self, why: str) -> None: ...
+    def flush(self) -> None:
+        """What the calls above produced may go out now, in one write."""
+
     def tunnel_data(self, data: bytes) -> None: ...
     def tunnel_closed(self) -> None: ...
     def pause_upstream(self) -> None: ...
     def resume_upstream(self) -> None: ...
 
 
+# Hop-by-hop header lines in a raw head, found in one C-level pass (RFC 9110 7.6.1).
+_HOP_LINE = re.compile(
+    rb"^(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|proxy-authenticate|proxy-authorization)[ \t]*:[^\n]*\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CONNECTION = re.compile(rb"^connection[ \t]*:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_LENGTH = re.compile(rb"^content-length[ \t]*:", re.IGNORECASE | re.MULTILINE)
+MAX_RESPONSE_HEAD = 256 * 1024
+
+# How a response body is delimited, as the backend sent it.
+SIZED = 0  # Content-Length, or no body at all: relayed as is
+CHUNKED = 1  # chunked: relayed as is, chunk framing included
+TO_CLOSE = 2  # ends when the backend closes: re-framed for the client
+
+
+def _drop_named(lines: bytes, names: frozenset[bytes]) -> bytes:
+    """Remove the header lines called `names` (lower case) from a raw header block."""
+    pattern = b"|".join(re.escape(name) for name in sorted(names))
+    named = re.compile(rb"^(?:" + pattern + rb")[ \t]*:[^\n]*\n", re.IGNORECASE | re.MULTILINE)
+    return named.sub(b"", lines)
+
+
 class UpstreamConnection(asyncio.Protocol):
-    """One TCP connection to a backend, carrying one request at a time."""
+    """One TCP connection to a backend, carrying one request at a time.
+
+    httptools frames the response (lengths, chunks); the head is taken from the raw
+    bytes and filtered with regular expressions, so no Python runs per header.
+    """
 
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint):
         self.pool = pool
@@ -46,10 +81,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
-        self._phrase = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head = b""  # bytes of the head being received
+        self._in_head = True
         self._until_close = False
-        self._chunked = False
+        self._has_body = True
+        self._done = False
         self._finished = False
         self._reusable = False
 
@@ -64,20 +100,45 @@ class UpstreamConnection(asyncio.Protocol):
             if sink is not None:
                 sink.tunnel_data(data)
             return
+        in_head = self._in_head
+        if in_head:
+            self._head += data
+            if len(self._head) > MAX_RESPONSE_HEAD:
+                self._fail("the backend's response head is too large")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self._head = b""
             self._start_tunnel(data[upgrade.args[0] :])
+            return
         except httptools.HttpParserError as exc:
             self._fail(f"the backend sent a malformed response ({exc})")
+            return
+        if sink is None:
+            return
+        # Body bytes go out raw: httptools only finds where the response ends.
+        if not in_head:
+            if self._has_body:
+                sink.response_body(data)
+        elif not self._in_head:
+            body, self._head = self._head, b""
+            if body and self._has_body:
+                sink.response_body(body)
+        if self._done:
+            self._done = False
+            self._complete()
+        sink.flush()
         if self._finished:
             self._finished = False
             self._recycle()
 
     def eof_received(self) -> bool | None:
-        if self._until_close and self.sink is not None:
+        sink = self.sink
+        if self._until_close and sink is not None:
             self._until_close = False
             self._complete()  # a response delimited by the end of the connection
+            sink.flush()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -93,6 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.response_done()
         else:
             sink.response_failed("the backend closed the connection before it answered")
+        sink.flush()
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -104,61 +166,49 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------
 
-    def on_status(self, phrase: bytes) -> None:
-        self._phrase += phrase
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        head = self._head
+        end = head.find(b"\r\n\r\n")
+        line_end = head.find(b"\r\n")
+        status_line, lines = head[:line_end], head[line_end + 2 : end + 2]
+        self._head = head[end + 4 :]
+        self._in_head = 100 <= status < 200 and status != 101  # another head follows
         sink = self.sink
         if sink is None:
             return
-        parser = self._parser
-        status = parser.get_status_code()
-        headers, sized = self._response_headers(status)
-        self._headers = []
-        phrase, self._phrase = self._phrase, b""
         if status == 101:
-            sink.response_head(status, phrase, headers, True)
+            sink.response_head(status, status_line, lines, SIZED)
             return
-        self._until_close = not sized and not self._chunked
-        sink.response_head(status, phrase, headers, sized)
+        chunked = _CHUNKED.search(lines) is not None
+        lines, sized = self._relayed(status, lines, chunked)
+        framing = SIZED if sized else CHUNKED if chunked else TO_CLOSE
+        self._until_close = framing == TO_CLOSE
+        self._has_body = not (self.no_body or status in (204, 304) or status < 200)
+        sink.response_head(status, status_line, lines, framing)
         if self.no_body and status >= 200:
             # httptools cannot be told a HEAD response has no body: start a fresh parser.
             self._parser = httptools.HttpResponseParser(self)
             self._until_close = False
             self._reusable = parser.should_keep_alive()
-            self._complete()
+            self._done = True
 
-    def _response_headers(self, status: int) -> tuple[list[bytes], bool]:
-        """Header lines to relay, and whether the body's size is known in advance
-        (a Content-Length, or no body at all) rather than chunked or ended by a close."""
-        if status == 101:
-            return [name + b": " + value for name, value in self._headers], True
-        sized = self.no_body or status in (204, 304) or status < 200
-        self._chunked = False
-        connection = None
-        keep: list[tuple[bytes, bytes]] = []
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    self._chunked = True
-                elif lname == b"connection":
-                    connection = value
-                continue
-            if lname == b"content-length":
-                sized = True
-            keep.append((lname, name + b": " + value))
-        extra = extra_hop_headers(connection)
+    def _relayed(self, status: int, lines: bytes, chunked: bool) -> tuple[bytes, bool]:
+        """The header lines without hop-by-hop ones, and whether the body's size is known
+        in advance (a Content-Length, or no body at all) rather than chunked or to-close."""
+        sized = (
+            self.no_body
+            or status in (204, 304)
+            or status < 200
+            or (not chunked and _LENGTH.search(lines) is not None)
+        )
+        connection = _CONNECTION.search(lines)
+        extra = extra_hop_headers(connection.group(1)) if connection else frozenset()
+        kept = _HOP_LINE.sub(b"", lines)
         if extra:
-            keep = without(keep, extra)
-        return [line for _, line in keep], sized and not self._chunked
-
-    def on_body(self, body: bytes) -> None:
-        if self.sink is not None and not self.no_body:
-            self.sink.response_body(body)
+            kept = _drop_named(kept, extra)
+        return kept, sized
 
     def on_message_complete(self) -> None:
         if self.sink is None or self.no_body:
@@ -166,7 +216,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._parser.get_status_code() < 200:
             return  # 100 Continue and friends: the final response follows
         self._reusable = self._parser.should_keep_alive()
-        self._complete()
+        self._done = True  # completed once the body bytes of this read went out
 
     # -- requests -------------------------------------------------------------
 
@@ -174,7 +224,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Carry the next request for `sink`."""
         self.sink = sink
         self.no_body = no_body
-        self._finished = False
+        self._finished = self._done = False
+        self._in_head = True
+        self._head = b""
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -211,6 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
         if sink is not None:
             sink.response_failed(why)
+            sink.flush()
 
     def _start_tunnel(self, rest: bytes) -> None:
         self.tunnel = True
