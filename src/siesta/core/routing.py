@@ -6,16 +6,14 @@ bytes httptools hands over, so the hot path decodes only the session id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 RoutingMode = Literal["path", "host", "header"]
 
 PATH_PREFIX = b"/s/"
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """Where a request goes.
 
     Exactly one of `session` (forward, with `target` as the request target the
@@ -32,12 +30,13 @@ class Route:
 class Router:
     """Maps a request head to a session, by path, host name or header."""
 
-    __slots__ = ("_domain_suffix", "_mode", "_strip")
+    __slots__ = ("_domain_suffix", "_mode", "_names", "_strip")
 
     def __init__(self, mode: RoutingMode, *, domain: str = "localhost", strip_prefix: bool = True):
         self._mode = mode
         self._strip = strip_prefix
         self._domain_suffix = b"." + domain.lower().encode("ascii")
+        self._names: dict[bytes, str] = {}  # valid names seen, decoded once
 
     @property
     def mode(self) -> RoutingMode:
@@ -51,22 +50,20 @@ class Router:
             return self._by_host(target, host)
         if not header:
             return Route(error="no session: the request has no session header")
-        return _checked(header.strip(), target)
+        return self._checked(header.strip(), target)
 
     def _by_path(self, target: bytes) -> Route:
         if not target.startswith(PATH_PREFIX):
             return Route(error="no session in the path: use /s/<session>/")
-        rest = target[len(PATH_PREFIX) :]
-        end = len(rest)
-        for sep in (b"/", b"?"):
-            at = rest.find(sep)
-            if 0 <= at < end:
-                end = at
-        name, tail = rest[:end], rest[end:]
-        if not tail.startswith(b"/"):
+        if len(target) == 3 or target[3:4] in (b"/", b"?"):
+            return Route(error="no session in the path: use /s/<session>/")
+        slash = target.find(b"/", 3)
+        query = target.find(b"?", 3)
+        if slash < 0 or 0 <= query < slash:
             # "/s/alice" or "/s/alice?x": relative links need the trailing slash.
-            return Route(redirect=PATH_PREFIX + name + b"/" + tail)
-        return _checked(name, tail if self._strip else target)
+            end = query if query >= 0 else len(target)
+            return Route(redirect=target[:end] + b"/" + target[end:])
+        return self._checked(target[3:slash], target[slash:] if self._strip else target)
 
     def _by_host(self, target: bytes, host: bytes | None) -> Route:
         if not host:
@@ -79,13 +76,19 @@ class Router:
             name = name[:colon]
         if not name.endswith(self._domain_suffix):
             return Route(error="no session in the host name")
-        return _checked(name[: -len(self._domain_suffix)], target)
+        return self._checked(name[: -len(self._domain_suffix)], target)
+
+    def _checked(self, name: bytes, target: bytes) -> Route:
+        known = self._names.get(name)
+        if known is not None:
+            return Route(known, target)
+        if not name or len(name) > 63 or not _ALLOWED.issuperset(name):
+            return Route(error="not a valid session name")
+        if len(self._names) >= MAX_CACHED_NAMES:
+            self._names.clear()
+        known = self._names[name] = name.decode("ascii")
+        return Route(known, target)
 
 
 _ALLOWED = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-def _checked(name: bytes, target: bytes) -> Route:
-    if not name or len(name) > 63 or not _ALLOWED.issuperset(name):
-        return Route(error="not a valid session name")
-    return Route(session=name.decode("ascii"), target=target)
+MAX_CACHED_NAMES = 100_000

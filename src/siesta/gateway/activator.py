@@ -54,7 +54,7 @@ class Activator:
     async def _hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
         gw = self.gw
         target = req.target[:80].decode("latin-1")
-        reason = f"request {req.method.decode('latin-1')} /s/{session.id}{target}"
+        reason = f"request {req.method.decode('latin-1')} {target}"
         wake = asyncio.ensure_future(gw.lifecycle.wake(session.id, reason))
         try:
             if gw.waiting_page and _wants_page(req):

@@ -121,8 +121,7 @@ class ClientConnection(asyncio.Protocol):
         self.gw = gateway
         self.transport: asyncio.Transport | None = None
         self.peer = b""
-        self.deadline = 0.0  # monotonic; 0 = no deadline
-        self.deadline_why = ""
+        self.deadline = 0.0  # monotonic; 0 = no deadline (see `expire`)
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Request | None = None
         self.current: Request | None = None
@@ -143,13 +142,16 @@ class ClientConnection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
         self.gw.connections.add(self)
-        self._idle()
+        self.deadline = self.gw.now() + self.gw.keepalive_timeout
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            activity = session.activity
+            activity.last_activity = self.gw.now()
+            activity.bytes += len(data)
         tunnel = self.tunnel
         if tunnel is not None:
-            if self.session is not None:
-                self.session.activity.touch(self.gw.now(), len(data))
             tunnel.send(data)
             return
         if self._paused & TUNNEL_WAIT:
@@ -199,7 +201,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.parsing = Request()
         self._head_size = 0
-        self._deadline(self.gw.header_timeout, "the request head did not arrive in time")
+        self.deadline = self.gw.now() + self.gw.header_timeout
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
@@ -306,7 +308,6 @@ class ClientConnection(asyncio.Protocol):
         activity = session.activity
         activity.inflight += 1
         activity.requests += 1
-        activity.last_activity = self.gw.now()
         req.counted = True
         up = self.gw.pool.get(endpoint)
         if up is not None:
@@ -334,7 +335,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _attach(self, req: Request, up: UpstreamConnection) -> None:
         req.upstream = up
-        up.bind(self, req.method == b"HEAD")
+        up.bind(self, req.method == b"HEAD", req.session.activity if req.session else None)
         up.send(self._request_head(req))
         if req.pending:
             for data in req.pending:
@@ -380,7 +381,6 @@ class ClientConnection(asyncio.Protocol):
         req = self.current
         if req is None:
             return
-        self._touch_response(req, 0)
         out = self._out
         out.append(
             b"HTTP/1.1" + status_line[8:] + CRLF
@@ -414,7 +414,6 @@ class ClientConnection(asyncio.Protocol):
         req = self.current
         if req is None:
             return
-        self._touch_response(req, len(data))
         if req.chunk_out:
             self._out.extend(chunk(data))
         else:
@@ -455,11 +454,8 @@ class ClientConnection(asyncio.Protocol):
             self.respond(req, 502, why)
 
     def tunnel_data(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        if self.session is not None:
-            self.session.activity.touch(self.gw.now(), len(data))
-        self.transport.write(data)
+        if self.transport is not None:
+            self.transport.write(data)
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
@@ -538,19 +534,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._resume(PIPELINE)
             if self.parsing is None:
-                self._idle()
-
-    def _idle(self) -> None:
-        self._deadline(self.gw.keepalive_timeout, "idle keep-alive connection")
-
-    def _deadline(self, seconds: float, why: str) -> None:
-        self.deadline = self.gw.now() + seconds
-        self.deadline_why = why
+                self.deadline = self.gw.now() + self.gw.keepalive_timeout
 
     def expire(self) -> None:
         """The sweeper found this connection past its deadline."""
         if self.parsing is not None and self.current is None:
-            self._refuse(408, self.deadline_why)
+            self._refuse(408, "the request head did not arrive in time")
         self._close()
 
     def _count_head(self, size: int) -> None:
@@ -558,18 +547,12 @@ class ClientConnection(asyncio.Protocol):
         if self._head_size > self.gw.max_head_size:
             raise HeadTooLarge
 
-    def _touch_response(self, req: Request, size: int) -> None:
-        session = req.session
-        if session is not None:
-            session.activity.touch(self.gw.now(), size)
-
     def _finish_count(self, req: Request) -> None:
         if req.counted:
             req.counted = False
             session = req.session
             if session is not None:
                 session.activity.inflight -= 1
-                session.activity.last_activity = self.gw.now()
 
     def _abandon(self, req: Request) -> None:
         if req.hold is not None:

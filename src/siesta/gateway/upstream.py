@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from time import monotonic
 from typing import Protocol, cast
 
 import httptools
 
-from siesta.core.model import Endpoint
+from siesta.core.model import Activity, Endpoint
 
 from .http import extra_hop_headers
 
@@ -77,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
+        self.activity: Activity | None = None  # the session's counters, while bound
         self.no_body = False  # the response to HEAD has no body, whatever it says
         self.tunnel = False
         self.closed = False
@@ -95,6 +97,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
+        activity = self.activity
+        if activity is not None:
+            activity.last_activity = monotonic()
+            activity.bytes += len(data)
         sink = self.sink
         if self.tunnel:
             if sink is not None:
@@ -203,11 +209,12 @@ class UpstreamConnection(asyncio.Protocol):
             or status < 200
             or (not chunked and _LENGTH.search(lines) is not None)
         )
-        connection = _CONNECTION.search(lines)
-        extra = extra_hop_headers(connection.group(1)) if connection else frozenset()
-        kept = _HOP_LINE.sub(b"", lines)
-        if extra:
-            kept = _drop_named(kept, extra)
+        kept, dropped = _HOP_LINE.subn(b"", lines)
+        if dropped:
+            connection = _CONNECTION.search(lines)
+            extra = extra_hop_headers(connection.group(1)) if connection else frozenset()
+            if extra:
+                kept = _drop_named(kept, extra)
         return kept, sized
 
     def on_message_complete(self) -> None:
@@ -220,9 +227,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- requests -------------------------------------------------------------
 
-    def bind(self, sink: ResponseSink, no_body: bool) -> None:
-        """Carry the next request for `sink`."""
+    def bind(self, sink: ResponseSink, no_body: bool, activity: Activity | None) -> None:
+        """Carry the next request for `sink`, counting traffic on `activity`."""
         self.sink = sink
+        self.activity = activity
         self.no_body = no_body
         self._finished = self._done = False
         self._in_head = True
@@ -248,6 +256,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _complete(self) -> None:
         sink, self.sink = self.sink, None
+        self.activity = None
         self._finished = True
         if sink is not None:
             sink.response_done()
