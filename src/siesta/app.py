@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import signal
 import time
@@ -28,6 +29,7 @@ from siesta.store.sqlite import SqliteStore
 log = logging.getLogger("siesta")
 
 ACTIVITY_FLUSH_EVERY = 2.0  # seconds between writes of last-activity times to the store
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 
 
 class AlreadyRunning(Exception):
@@ -69,6 +71,7 @@ class Siesta:
         ]
         gateway = self.config.gateway
         self.address = await self.gateway.listen(gateway.host, gateway.port)
+        _tune_gc()
         return self.address
 
     async def stop(self) -> None:
@@ -99,6 +102,19 @@ class Siesta:
         }
         if seen:
             self.store.touch(seen)
+
+
+def _tune_gc() -> None:
+    """Keep the garbage collector off the hot path.
+
+    Everything loaded at start-up (config, libraries) is moved out of the collector's
+    sight, and the youngest generation is collected less often: the gateway's
+    per-request objects are freed by reference counting, so frequent scans of
+    them only cost time (measured: about a fifth of the throughput).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 def _guarded(coro: Awaitable[None], name: str) -> asyncio.Task[None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class State(enum.StrEnum):
@@ -20,9 +21,8 @@ class State(enum.StrEnum):
     FAILED = "FAILED"
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a running backend listens."""
+class Endpoint(NamedTuple):
+    """Where a running backend listens (a tuple: hashed in C, it keys the upstream pool)."""
 
     host: str
     port: int

@@ -39,18 +39,69 @@ def reason(status: int) -> bytes:
 PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
+_NOTHING: frozenset[bytes] = frozenset()
+# Each hop-by-hop header as it starts a line of a lower-cased header block.
+_HOP_MARKERS = tuple(b"\n" + name + b":" for name in sorted(HOP_BY_HOP))
+
+
 def extra_hop_headers(connection: bytes | None) -> frozenset[bytes]:
     """Header names (lower case) that `Connection: <value>` makes hop-by-hop, beyond the
     standard ones; empty in the common case (`keep-alive`, `close`, `upgrade`)."""
-    if not connection:
-        return frozenset()
+    if not connection or connection.strip().lower() in PLAIN_CONNECTION:
+        return _NOTHING
     tokens = {t.strip().lower() for t in connection.split(b",")}
     return frozenset(tokens - PLAIN_CONNECTION)
 
 
-def without(lines: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
-    """`lines` (lower-case name, header line) minus those whose name is in `names`."""
-    return [item for item in lines if item[0] not in names]
+class HeadFacts:
+    """What the gateway needs from a raw header block, found with C-level searches."""
+
+    __slots__ = ("chunked", "connection", "kept", "sized")
+
+    def __init__(self, lines: bytes):
+        """`lines`: header lines, each ending in CRLF (no status line, no blank line)."""
+        low = b"\n" + lines.lower()
+        self.chunked = b"\ntransfer-encoding:" in low
+        self.sized = b"\ncontent-length:" in low and not self.chunked
+        self.connection: bytes | None = None
+        cuts = [at for marker in _HOP_MARKERS if (at := low.find(marker)) >= 0]
+        if not cuts:
+            self.kept = lines
+            return
+        self.kept = _cut_lines(lines, low, cuts, self)
+
+    def drop(self, names: frozenset[bytes]) -> None:
+        """Also remove the header lines called `names` (lower case)."""
+        low = b"\n" + self.kept.lower()
+        cuts = [at for name in names if (at := low.find(b"\n" + name + b":")) >= 0]
+        if cuts:
+            self.kept = _cut_lines(self.kept, low, cuts, None)
+
+
+def _cut_lines(lines: bytes, low: bytes, cuts: list[int], facts: HeadFacts | None) -> bytes:
+    """`lines` without the lines starting at offsets `cuts` of `low` (which is
+    `b"\\n" + lines.lower()`), and without any later line of the same name."""
+    out = []
+    start = 0
+    for at in sorted(_all_lines(low, cuts)):
+        end = lines.find(b"\n", at) + 1 or len(lines)
+        if facts is not None and low.startswith(b"\nconnection:", at):
+            facts.connection = lines[at + len(b"connection:") : end].strip()
+        out.append(lines[start:at])
+        start = end
+    out.append(lines[start:])
+    return b"".join(out)
+
+
+def _all_lines(low: bytes, cuts: list[int]) -> set[int]:
+    """Every line offset with the same name as a line in `cuts` (a header may repeat)."""
+    found = set()
+    for at in cuts:
+        marker = low[at : low.index(b":", at) + 1]
+        while at >= 0:
+            found.add(at)
+            at = low.find(marker, at + 1)
+    return found
 
 
 def chunk(data: bytes) -> list[bytes]:

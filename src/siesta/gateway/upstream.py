@@ -8,7 +8,6 @@ Idle connections wait in the `UpstreamPool`, one list per backend endpoint.
 from __future__ import annotations
 
 import asyncio
-import re
 from time import monotonic
 from typing import Protocol, cast
 
@@ -16,7 +15,7 @@ import httptools
 
 from siesta.core.model import Activity, Endpoint
 
-from .http import extra_hop_headers
+from .http import HeadFacts, extra_hop_headers
 
 MAX_IDLE_PER_ENDPOINT = 256
 
@@ -42,28 +41,12 @@ class ResponseSink(Protocol):
     def resume_upstream(self) -> None: ...
 
 
-# Hop-by-hop header lines in a raw head, found in one C-level pass (RFC 9110 7.6.1).
-_HOP_LINE = re.compile(
-    rb"^(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-    rb"|proxy-authenticate|proxy-authorization)[ \t]*:[^\n]*\n",
-    re.IGNORECASE | re.MULTILINE,
-)
-_CONNECTION = re.compile(rb"^connection[ \t]*:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
-_CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_LENGTH = re.compile(rb"^content-length[ \t]*:", re.IGNORECASE | re.MULTILINE)
 MAX_RESPONSE_HEAD = 256 * 1024
 
 # How a response body is delimited, as the backend sent it.
 SIZED = 0  # Content-Length, or no body at all: relayed as is
 CHUNKED = 1  # chunked: relayed as is, chunk framing included
 TO_CLOSE = 2  # ends when the backend closes: re-framed for the client
-
-
-def _drop_named(lines: bytes, names: frozenset[bytes]) -> bytes:
-    """Remove the header lines called `names` (lower case) from a raw header block."""
-    pattern = b"|".join(re.escape(name) for name in sorted(names))
-    named = re.compile(rb"^(?:" + pattern + rb")[ \t]*:[^\n]*\n", re.IGNORECASE | re.MULTILINE)
-    return named.sub(b"", lines)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -187,11 +170,16 @@ class UpstreamConnection(asyncio.Protocol):
         if status == 101:
             sink.response_head(status, status_line, lines, SIZED)
             return
-        chunked = _CHUNKED.search(lines) is not None
-        lines, sized = self._relayed(status, lines, chunked)
-        framing = SIZED if sized else CHUNKED if chunked else TO_CLOSE
+        facts = HeadFacts(lines)
+        if facts.connection is not None:
+            extra = extra_hop_headers(facts.connection)
+            if extra:
+                facts.drop(extra)
+        lines = facts.kept
+        bodyless = self.no_body or status in (204, 304) or status < 200
+        framing = SIZED if bodyless or facts.sized else CHUNKED if facts.chunked else TO_CLOSE
         self._until_close = framing == TO_CLOSE
-        self._has_body = not (self.no_body or status in (204, 304) or status < 200)
+        self._has_body = not bodyless
         sink.response_head(status, status_line, lines, framing)
         if self.no_body and status >= 200:
             # httptools cannot be told a HEAD response has no body: start a fresh parser.
@@ -199,23 +187,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._until_close = False
             self._reusable = parser.should_keep_alive()
             self._done = True
-
-    def _relayed(self, status: int, lines: bytes, chunked: bool) -> tuple[bytes, bool]:
-        """The header lines without hop-by-hop ones, and whether the body's size is known
-        in advance (a Content-Length, or no body at all) rather than chunked or to-close."""
-        sized = (
-            self.no_body
-            or status in (204, 304)
-            or status < 200
-            or (not chunked and _LENGTH.search(lines) is not None)
-        )
-        kept, dropped = _HOP_LINE.subn(b"", lines)
-        if dropped:
-            connection = _CONNECTION.search(lines)
-            extra = extra_hop_headers(connection.group(1)) if connection else frozenset()
-            if extra:
-                kept = _drop_named(kept, extra)
-        return kept, sized
 
     def on_message_complete(self) -> None:
         if self.sink is None or self.no_body:
