@@ -18,6 +18,7 @@ from siesta.config import ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration
 from siesta.core.model import State
 from siesta.store.sqlite import SqliteStore
+from siesta.styles import STATE_STYLE
 
 app = typer.Typer(
     name="siesta",
@@ -34,14 +35,6 @@ err = Console(stderr=True)
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The config file.", show_default=True)
 ]
-
-STATE_STYLE = {
-    State.AWAKE: "bold green",
-    State.WAKING: "yellow",
-    State.STOPPING: "yellow",
-    State.ASLEEP: "dim",
-    State.FAILED: "bold red",
-}
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]

@@ -244,9 +244,11 @@ class TemplateConf(_Model):
     )
     idle_timeout: Duration = _duration(
         "15m",
-        "Seconds without traffic or open connections after which the backend is put to "
-        "sleep. 15m: long enough to read a page or step away briefly, short enough that "
-        "idle sessions soon give their memory back.",
+        "Seconds without traffic (no byte in either direction) and with no request in "
+        "flight after which the backend is put to sleep; an open but silent connection, "
+        "such as an idle websocket, does not keep it awake. 15m: long enough to read a "
+        "page or step away briefly, short enough that idle sessions soon give their "
+        "memory back.",
     )
     stop_grace: Duration = _duration(
         "10s",

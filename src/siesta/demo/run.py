@@ -32,6 +32,7 @@ from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, TemplateC
 from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import Session, State, Transition
 from siesta.store.sqlite import SqliteStore
+from siesta.styles import STATE_STYLE
 
 HOST = "127.0.0.1"
 TEMPLATE = "demo"
@@ -64,13 +65,6 @@ PATHS = ("/", "/api/info")
 RUNNING = frozenset({State.WAKING, State.AWAKE, State.STOPPING})
 """States in which a backend process exists and costs resources."""
 
-STATE_STYLE = {
-    State.AWAKE: "bold green",
-    State.WAKING: "yellow",
-    State.STOPPING: "yellow",
-    State.ASLEEP: "dim",
-    State.FAILED: "bold red",
-}
 
 err = Console(stderr=True)
 
