@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from siesta.core.model import Endpoint, Session, State
+from siesta.core.routing import Route
 
 from .http import (
     CRLF,
@@ -78,6 +79,7 @@ class Request:
     counted = False  # counted in the session's `inflight`
     hold: asyncio.Task[None] | None = None
     early = b""  # bytes after an upgrade request's head
+    head: bytes | None = None  # the head to send upstream, when already built
 
     def __init__(self) -> None:
         self.target = b""
@@ -111,6 +113,10 @@ class ClientConnection(asyncio.Protocol):
         self._head_size = 0
         self._route_header = gateway.route_header
         self._out: list[bytes] = []  # response bytes gathered for one write
+        # The last request routed on this connection, and what came of it: a client
+        # repeating a request (polling, keep-alive loads) skips header sorting,
+        # routing and head building. (target, headers, method, version, route, head)
+        self._memo: tuple[bytes, list[tuple[bytes, bytes]], bytes, str, Route, bytes] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -205,7 +211,6 @@ class ClientConnection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = parser.should_upgrade()
         self.deadline = 0.0
-        self._sort_headers(req)
         if self.current is None:
             self.current = req
             self._dispatch(req)
@@ -265,7 +270,19 @@ class ClientConnection(asyncio.Protocol):
 
     def _dispatch(self, req: Request) -> None:
         gw = self.gw
-        route = gw.router.route(req.target, req.host, req.route_value)
+        memo = self._memo
+        if (
+            memo is not None
+            and memo[0] == req.target
+            and memo[1] == req.headers
+            and memo[2] == req.method
+            and memo[3] == req.version
+        ):
+            route = memo[4]
+            req.head = memo[5]
+        else:
+            self._sort_headers(req)
+            route = gw.router.route(req.target, req.host, req.route_value)
         if route.session is None:
             if route.redirect is not None:
                 self.respond(req, 308, "moved", headers=((b"Location", route.redirect),))
@@ -276,6 +293,11 @@ class ClientConnection(asyncio.Protocol):
         if session is None:
             self.respond(req, 404, f"unknown session {route.session!r}")
             return
+        if req.head is None and not req.upgrade and not req.chunked:
+            target = req.target
+            req.target = route.target
+            req.head = self._request_head(req)
+            self._memo = (target, req.headers, req.method, req.version, route, req.head)
         req.target = route.target
         req.session = session
         self._bind(session)
@@ -319,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, req: Request, up: UpstreamConnection) -> None:
         req.upstream = up
         up.bind(self, req.method == b"HEAD", req.session.activity if req.session else None)
-        up.send(self._request_head(req))
+        up.send(req.head or self._request_head(req))
         if req.pending:
             for data in req.pending:
                 up.sendlines(chunk(data)) if req.chunked else up.send(data)

@@ -67,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._head = b""  # bytes of the head being received
+        self._memo: tuple[bytes, bytes, bool, bool] | None = None  # last head seen, filtered
         self._in_head = True
         self._until_close = False
         self._has_body = True
@@ -170,14 +171,21 @@ class UpstreamConnection(asyncio.Protocol):
         if status == 101:
             sink.response_head(status, status_line, lines, SIZED)
             return
-        facts = HeadFacts(lines)
-        if facts.connection is not None:
-            extra = extra_hop_headers(facts.connection)
-            if extra:
-                facts.drop(extra)
-        lines = facts.kept
+        memo = self._memo
+        if memo is not None and memo[0] == lines:
+            _, lines, sized, chunked = memo
+        else:
+            key = lines
+            facts = HeadFacts(lines)
+            if facts.connection is not None:
+                extra = extra_hop_headers(facts.connection)
+                if extra:
+                    facts.drop(extra)
+            lines, sized, chunked = facts.kept, facts.sized, facts.chunked
+            # Backends repeat their headers (a Date changes once a second): remember one.
+            self._memo = (key, lines, sized, chunked)
         bodyless = self.no_body or status in (204, 304) or status < 200
-        framing = SIZED if bodyless or facts.sized else CHUNKED if facts.chunked else TO_CLOSE
+        framing = SIZED if bodyless or sized else CHUNKED if chunked else TO_CLOSE
         self._until_close = framing == TO_CLOSE
         self._has_body = not bodyless
         sink.response_head(status, status_line, lines, framing)
