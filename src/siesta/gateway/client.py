@@ -430,14 +430,22 @@ class ClientConnection(asyncio.Protocol):
         if req.chunk_out:
             self._out.append(LAST_CHUNK)
         req.response_done = True
-        if not req.body_done and req.upstream is not None:
-            req.upstream.close()  # answered early: its request body was cut, never reuse it
-        req.upstream = None
+        up = req.upstream
+        if up is not None:
+            if not req.body_done:
+                up.close()  # answered early: its request body was cut, never reuse it
+            req.upstream = None
         self._finish_count(req)
         if not req.keep_alive:
             self._close()
-        elif req.body_done:
+        elif not req.body_done:
+            return
+        elif self.queue or self._paused:
             self._next()
+        else:  # the common case of `_next`, inline: nothing waits, nothing paused
+            self.current = None
+            if self.parsing is None:
+                self.deadline = self.gw.now() + self.gw.keepalive_timeout
 
     def flush(self) -> None:
         out = self._out

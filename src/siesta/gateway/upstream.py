@@ -72,7 +72,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._has_body = True
         self._done = False
-        self._finished = False
         self._reusable = False
 
     # -- asyncio.Protocol -----------------------------------------------------
@@ -115,13 +114,14 @@ class UpstreamConnection(asyncio.Protocol):
             body, self._head = self._head, b""
             if body and self._has_body:
                 sink.response_body(body)
-        if self._done:
-            self._done = False
-            self._complete()
+        if not self._done:
+            sink.flush()
+            return
+        self._done = False
+        self.sink = self.activity = None
+        sink.response_done()
         sink.flush()
-        if self._finished:
-            self._finished = False
-            self._recycle()
+        self._recycle()
 
     def eof_received(self) -> bool | None:
         sink = self.sink
@@ -211,7 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self.activity = activity
         self.no_body = no_body
-        self._finished = self._done = False
+        self._done = False
         self._in_head = True
         self._head = b""
 
@@ -236,7 +236,6 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self) -> None:
         sink, self.sink = self.sink, None
         self.activity = None
-        self._finished = True
         if sink is not None:
             sink.response_done()
 
