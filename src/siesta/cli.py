@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.handlers
+import queue
 import time
 from pathlib import Path
 from typing import Annotated
@@ -46,13 +48,19 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool) -> None:
+def _logging(verbose: bool) -> logging.handlers.QueueListener:
+    """Log through a queue: records are formatted and written by a thread, so a wake's
+    log lines cost the event loop a queue put, not a terminal write."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
+    handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
+        handlers=[logging.handlers.QueueHandler(records)],
     )
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+    return listener
 
 
 @app.command()
@@ -64,7 +72,7 @@ def up(
     from siesta.app import AlreadyRunning, install_uvloop, serve
 
     conf = _load(config)
-    _logging(verbose)
+    listener = _logging(verbose)
     install_uvloop()
 
     def announce(app_: object) -> None:
@@ -80,6 +88,8 @@ def up(
         where = f"{conf.path}: gateway.listen {conf.gateway.listen}"
         err.print(f"[red]error[/red] {where}: {exc.strerror or exc}", soft_wrap=True)
         raise typer.Exit(1) from None
+    finally:
+        listener.stop()
 
 
 @app.command()

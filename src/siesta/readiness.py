@@ -2,8 +2,8 @@
 than the backend's own start.
 
 Used by the lifecycle runner: the first probe goes out at once, then every
-`first` seconds growing by `factor` up to `cap` (1 ms -> 50 ms by default), so a
-backend ready after t seconds is seen by about 1.25 t + 1 ms.
+`first` seconds growing by `factor` up to `cap` (1 ms -> 25 ms by default), so a
+backend ready after t seconds is seen by about 1.15 t + 1 ms.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ async def wait_ready(
     timeout: float,
     *,
     first: float = 0.001,
-    factor: float = 1.25,
-    cap: float = 0.05,
+    factor: float = 1.15,
+    cap: float = 0.025,
 ) -> None:
     """Poll `probe` until it says ready; raise `NotReady` if the backend dies or
     `timeout` seconds pass."""
