@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from siesta.core.model import Session
 from siesta.lifecycle import WakeError
 
+from .client import COLD
 from .pages import waiting_page
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Activator:
                 headers=((b"Retry-After", b"1"),),
             )
             return
-        req.wake = b"cold"
+        req.wake = COLD
         self.held += 1  # counted now, not when the task first runs: the bound must hold
         session.activity.held += 1
         req.hold = asyncio.ensure_future(self._hold(conn, req, session))

@@ -45,6 +45,11 @@ TUNNEL_WAIT = 8  # an upgrade waits for the backend's answer
 
 MAX_BUFFERED_BODY = 256 * 1024
 
+WARM = b"warm"
+COLD = b"cold"
+WARM_END = b"X-Siesta-Wake: warm\r\n\r\n"  # the last header line and the blank line
+COLD_END = b"X-Siesta-Wake: cold\r\n\r\n"
+
 
 class HeadTooLarge(Exception):
     """The request head is over the configured limit."""
@@ -73,7 +78,7 @@ class Request:
     buffered = 0
     session: Session | None = None
     upstream: UpstreamConnection | None = None
-    wake = b"warm"
+    wake = WARM  # or COLD: did this request wait for its session to wake?
     responded = False  # a response head went to the client
     response_done = False
     counted = False  # counted in the session's `inflight`
@@ -316,7 +321,13 @@ class ClientConnection(asyncio.Protocol):
         req.counted = True
         up = self.gw.pool.get(endpoint)
         if up is not None:
-            self._attach(req, up)
+            if req.head is not None and req.body_done and not self._write_paused:
+                # The common case of `_attach`: a bodiless request with its head ready.
+                req.upstream = up
+                up.bind(self, req.method == b"HEAD", activity)
+                up.transport.write(req.head)  # type: ignore[union-attr]
+            else:
+                self._attach(req, up)
         else:
             req.hold = asyncio.ensure_future(self._connect(req, endpoint))
 
@@ -387,11 +398,10 @@ class ClientConnection(asyncio.Protocol):
             return
         out = self._out
         out.append(
-            b"HTTP/1.1" + status_line[8:] + CRLF
+            b"HTTP/1.1" + status_line[8:] + CRLF + lines
             if status_line[:7] == b"HTTP/1."
-            else b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+            else b"HTTP/1.1 %d %s\r\n" % (status, reason(status)) + lines
         )
-        out.append(lines)
         if status >= 200 and status != 101:
             req.responded = True
             if framing == CHUNKED:
@@ -408,8 +418,9 @@ class ClientConnection(asyncio.Protocol):
                 out.append(b"Connection: close\r\n")
             elif req.version == "1.0":
                 out.append(b"Connection: keep-alive\r\n")
-            out.append(b"X-Siesta-Wake: " + req.wake + CRLF)
-        out.append(CRLF)
+            out.append(WARM_END if req.wake is WARM else COLD_END)
+        else:
+            out.append(CRLF)
         if status == 101:
             self.flush()
             self._start_tunnel(req)
