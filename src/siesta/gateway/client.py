@@ -321,8 +321,9 @@ class ClientConnection(asyncio.Protocol):
         req.counted = True
         up = self.gw.pool.get(endpoint)
         if up is not None:
-            if req.head is not None and req.body_done and not self._write_paused:
-                # The common case of `_attach`: a bodiless request with its head ready.
+            if req.head is not None and not req.pending and not self._write_paused:
+                # The common case of `_attach`: the head is ready and no body is waiting
+                # (body bytes that come later go straight to `up` from `on_body`).
                 req.upstream = up
                 up.bind(self, req.method == b"HEAD", activity)
                 up.transport.write(req.head)  # type: ignore[union-attr]
