@@ -186,14 +186,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.parsing = Request()
-        self._head_size = 0
-        self.deadline = self.gw.now() + self.gw.header_timeout
-
     def on_url(self, url: bytes) -> None:
         req = self.parsing
-        assert req is not None
+        if req is None:  # a new request begins (no on_message_begin: one callback less)
+            req = self.parsing = Request()
+            self._head_size = 0
+            self.deadline = self.gw.now() + self.gw.header_timeout
         req.target += url
         self._head_size += len(url)
         if self._head_size > self.gw.max_head_size:
