@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -241,3 +242,52 @@ def _read_all(sock: socket.socket) -> bytes:
 
 def _backend() -> dict[str, object]:
     return backend_template()
+
+
+def test_post_body_is_held_with_its_request_while_the_session_wakes(siesta: Launcher) -> None:
+    """A 1 MB upload to a sleeping session is buffered (bounded), then delivered whole."""
+    run = siesta()
+    body = bytes(range(256)) * 4096
+    response = httpx.post(run.url("alice", "/echo"), content=body, timeout=30)
+    assert response.headers["x-siesta-wake"] == "cold"
+    assert response.json() == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_http_10_client_gets_an_answer_and_a_close(awake: SiestaProcess) -> None:
+    """An HTTP/1.0 request without keep-alive is answered, then the connection closes."""
+    answer = raw(awake.port, b"GET /s/alice/ HTTP/1.0\r\nHost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"hello from alice" in answer
+
+
+CLOSE_DELIMITED = """
+import socket, sys
+srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    conn, _ = srv.accept()
+    data = b""
+    while b"\\r\\n\\r\\n" not in data and (part := conn.recv(4096)):
+        data += part
+    if data:
+        conn.sendall(b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nKeep-Alive: x\\r\\n\\r\\n")
+        conn.sendall(b"part one, ")
+        conn.sendall(b"part two")
+    conn.close()
+"""
+
+
+def test_response_ended_by_close_is_rechunked_for_keep_alive_clients(siesta: Launcher) -> None:
+    """A backend that ends its body by closing: an HTTP/1.1 client gets it chunked, whole,
+    and can reuse its connection; hop-by-hop headers of the backend are not passed on."""
+    template = backend_template(
+        command=[sys.executable, "-c", CLOSE_DELIMITED, "{port}"], ready={"tcp": True}
+    )
+    run = siesta(templates={"web": template})
+    with httpx.Client(timeout=30) as client:
+        first = client.get(run.url("alice"))
+        second = client.get(run.url("alice"))
+    for response in (first, second):
+        assert response.status_code == 200
+        assert response.text == "part one, part two"
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert "keep-alive" not in response.headers

@@ -54,10 +54,9 @@ def _logging(verbose: bool) -> logging.handlers.QueueListener:
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
     handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        handlers=[logging.handlers.QueueHandler(records)],
-    )
+    queued = logging.handlers.QueueHandler(records)
+    queued.setFormatter(logging.Formatter("%(message)s"))  # the default would prefix the level
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[queued])
     listener = logging.handlers.QueueListener(records, handler)
     listener.start()
     return listener
