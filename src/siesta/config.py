@@ -185,13 +185,19 @@ class GatewayConf(_Model):
         "gets 431. 64 KiB: above the 8 to 16 KiB most servers allow, so large cookies "
         "pass, while memory per connection stays bounded.",
     )
+    admin_listen: str = Field(
+        default="127.0.0.1:8081",
+        description="Address of the admin API and /metrics, as host:port. Loopback by "
+        "default: the API can wake, sleep and delete sessions, so it is kept off the "
+        "network unless asked for (it also requires a token).",
+    )
     drain_timeout: Duration = _duration(
         "10s",
         "On shutdown, seconds requests in flight get to finish before their connections "
         "are closed. 10s: well within the 30s termination grace period of Kubernetes.",
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "admin_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
@@ -206,6 +212,11 @@ class GatewayConf(_Model):
     def port(self) -> int:
         """The port part of `listen`."""
         return parse_listen(self.listen)[1]
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        """`admin_listen` as (host, port)."""
+        return parse_listen(self.admin_listen)
 
 
 class ReadyConf(_Model):
