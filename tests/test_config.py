@@ -290,7 +290,8 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
         parse_config("- 1\n", source="siesta.yaml", base_dir=tmp_path)
 
     assert caught.value.problems == [
-        "siesta.yaml:1: must be a mapping with the keys: gateway, store, templates, sessions"
+        "siesta.yaml:1: must be a mapping with the keys: "
+        "gateway, store, templates, sessions, policies"
     ]
 
 

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from siesta.core.duration import parse_duration
+from siesta.core.policy import Policy, PolicyError, Rule, Warn, compile_rule
 from siesta.core.routing import RoutingMode
 
 Loc = tuple[str | int, ...]
@@ -39,6 +40,7 @@ NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})$"
 _DOMAIN_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
 _HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
 _HTTP_PATH_PATTERN = r"^/"
+_URL_PATTERN = r"^https?://[^\s/]+"
 _DURATION_PATTERN = r"^\d+(\.\d+)?$|^(\d+(\.\d+)?(ms|[dhms]))+$"
 
 _PATTERN_HINTS = {
@@ -46,6 +48,7 @@ _PATTERN_HINTS = {
     _DOMAIN_PATTERN: "must be a host name, e.g. localhost or example.com",
     _HEADER_PATTERN: "must be a header name (letters, digits and '-'), e.g. X-Siesta-Session",
     _HTTP_PATH_PATTERN: "must be a path starting with '/', e.g. /healthz",
+    _URL_PATTERN: "must be an http:// or https:// URL, e.g. http://127.0.0.1:9000/hook",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -287,6 +290,11 @@ class TemplateConf(_Model):
         "Seconds a FAILED session refuses wakes; doubles with each further failure, "
         "capped at 10m. 30s: quick recovery from a transient fault, no tight restart loop.",
     )
+    policy: str | None = Field(
+        default=None,
+        description="Name of the policy (under `policies`) that decides when sessions of "
+        "this template sleep. Unset by default: idle_timeout alone decides.",
+    )
 
     @field_validator("cwd")
     @classmethod
@@ -312,6 +320,118 @@ class _NestedProblems(ValueError):
         self.problems = problems
 
 
+class WarnConf(_Model):
+    """How a coming sleep is announced: set exactly one of `webhook` or `command`."""
+
+    webhook: str | None = Field(
+        default=None,
+        pattern=_URL_PATTERN,
+        description='URL that gets a JSON POST {"session", "policy", "sleep_at", "reason"} '
+        "(5s timeout; a failure is logged, the sleep still happens).",
+    )
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Command run without a shell, with SIESTA_SESSION, SIESTA_POLICY, "
+        "SIESTA_SLEEP_AT (ISO 8601) and SIESTA_REASON in its environment.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.webhook is None) == (self.command is None):
+            raise ValueError("set exactly one of webhook (a URL) or command (a list)")
+        return self
+
+
+class PolicyConf(_Model):
+    """When sessions sleep: CEL rules over the signals, with bounds and a warning.
+
+    Signals: idle_for, awake_for, age (durations), connections, inflight, requests_1m,
+    bytes_1m, memory_bytes (int), cpu_percent (double), app, labels (maps), now
+    (timestamp); and the function in_window("Mon-Fri 08:00-18:00", "Europe/Paris").
+    """
+
+    sleep_when: str = Field(
+        description="CEL rule: the session sleeps when it is true, e.g. idle_for > "
+        'duration("15m") && connections == 0 && inflight == 0. Required.'
+    )
+    keep_awake_when: str | None = Field(
+        default=None,
+        description="CEL rule: while true, the session stays awake whatever sleep_when "
+        "says. Unset by default.",
+    )
+    min_awake: Duration = _duration(
+        "0s",
+        "Seconds a session stays awake after a wake, whatever the rules say. 0s by "
+        "default: the rules alone decide; raise it to stop a flapping session thrashing.",
+    )
+    max_lifetime: Duration | None = Field(
+        default=None,
+        description="Seconds after which an awake session sleeps, whatever the rules say "
+        "(even keep_awake_when). Unset by default: no limit.",
+    )
+    warn_before: Duration | None = Field(
+        default=None,
+        description="Seconds ahead of a foreseen sleep at which `warn` is sent, once per "
+        "awake period. Unset by default: no warning.",
+    )
+    warn: WarnConf | None = Field(
+        default=None,
+        description="How the warning is sent: {webhook: URL} or {command: [...]}.",
+    )
+    check_every: Duration = _duration(
+        "30s",
+        "Seconds between checks of a session whose rules read signals that change "
+        "without traffic (cpu_percent, requests_1m, app, now ...). 30s: a sleep comes "
+        "at most that late, and 10,000 awake sessions cost a few hundred checks a second.",
+    )
+    _rules: tuple[Rule, Rule | None] | None = PrivateAttr(None)
+
+    @field_validator("check_every")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _compile(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        rules: dict[str, Rule] = {}
+        for key in ("sleep_when", "keep_awake_when"):
+            source = getattr(self, key)
+            if source is None:
+                continue
+            try:
+                rules[key] = compile_rule(key, source)
+            except PolicyError as exc:
+                problems.append(((key,), str(exc)))
+        if (self.warn is None) != (self.warn_before is None):
+            missing = "warn" if self.warn is None else "warn_before"
+            problems.append(((missing,), "is required when the other of warn, warn_before is set"))
+        if problems:
+            raise _NestedProblems(problems)
+        self._rules = (rules["sleep_when"], rules.get("keep_awake_when"))
+        return self
+
+    def build(self, name: str) -> Policy:
+        """The compiled policy, called `name`."""
+        assert self._rules is not None
+        sleep_when, keep_awake_when = self._rules
+        warn = None
+        if self.warn is not None and self.warn_before is not None:
+            warn = Warn(self.warn_before, self.warn.webhook, tuple(self.warn.command or ()))
+        return Policy(
+            name,
+            sleep_when,
+            keep_awake_when=keep_awake_when,
+            min_awake=self.min_awake,
+            max_lifetime=self.max_lifetime,
+            warn=warn,
+            check_every=self.check_every,
+        )
+
+
 class Config(_Model):
     """The siesta config file."""
 
@@ -333,7 +453,12 @@ class Config(_Model):
         description="Sessions known at start-up, by id; more can be created later. Ids "
         "appear in URLs and host names.",
     )
+    policies: dict[Name, PolicyConf] = Field(
+        default_factory=dict,
+        description="Inactivity policies by name; a template names one with `policy`.",
+    )
     _path: Path | None = PrivateAttr(None)
+    _policies: dict[str, Policy] = PrivateAttr(default_factory=dict)
 
     @field_validator("store")
     @classmethod
@@ -347,10 +472,37 @@ class Config(_Model):
             for session, conf in self.sessions.items()
             if conf.template not in self.templates
         ]
+        unknown += self._link_policies()
         if unknown:
             raise _NestedProblems(unknown)
         self._path = (info.context or {}).get("path")
         return self
+
+    def _link_policies(self) -> list[tuple[Loc, str]]:
+        """Give every template its compiled policy; the problems of templates' `policy`."""
+        problems: list[tuple[Loc, str]] = []
+        named = {name: conf.build(name) for name, conf in self.policies.items()}
+        for name, template in self.templates.items():
+            if template.policy is None:
+                self._policies[name] = Policy.idle(template.idle_timeout)
+            elif template.policy not in named:
+                known = ", ".join(named) or "none are defined"
+                message = f"unknown policy {template.policy!r} (known: {known})"
+                problems.append((("templates", name, "policy"), message))
+            elif "idle_timeout" in template.model_fields_set:
+                message = "set either policy or idle_timeout: the policy decides when it sleeps"
+                problems.append((("templates", name, "idle_timeout"), message))
+            else:
+                self._policies[name] = named[template.policy]
+        return problems
+
+    def policy_for(self, template: str) -> Policy:
+        """The policy that puts sessions of `template` to sleep (idle_timeout if none named)."""
+        return self._policies[template]
+
+    def template_policies(self) -> dict[str, Policy]:
+        """Every template's policy, by template name."""
+        return dict(self._policies)
 
     @property
     def path(self) -> Path | None:

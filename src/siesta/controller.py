@@ -1,10 +1,11 @@
-"""Timers that put idle sessions to sleep.
+"""Timers that put inactive sessions to sleep, by their policy.
 
 Each awake session has one next-due time in a heap; the controller wakes up at
-the earliest, evaluates only the sessions that are due (`core.policy.decide`)
-and asks the lifecycle to put them to sleep. Sleeping sessions are not in the
-heap at all, so they cost nothing. Activity does not touch the heap: a session
-that was busy is simply re-scheduled when its check comes.
+the earliest, evaluates only the sessions that are due (`core.policy.Policy`) and
+asks the lifecycle to put them to sleep. Sleeping sessions are not in the heap at
+all, so they cost nothing. Activity does not touch the heap: a session that was
+busy is simply re-scheduled when its check comes. A policy with `warn` announces a
+foreseen sleep `warn_before` ahead, once per awake period, by webhook or command.
 """
 
 from __future__ import annotations
@@ -12,59 +13,107 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import logging
+import os
+import urllib.request
 from collections.abc import Mapping
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any
 
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.model import Session, State
-from siesta.core.policy import decide
+from siesta.core.policy import Decision, EvaluationError, Policy, Signals, Warn
 from siesta.lifecycle import Lifecycle
+from siesta.providers.base import BackendStatus, Provider
+from siesta.signals import RateWindow, read_signals
 
 log = logging.getLogger("siesta.controller")
 
-
-class IdleTemplate(Protocol):
-    """What the controller reads from a template."""
-
-    @property
-    def idle_timeout(self) -> float: ...
+WEBHOOK_TIMEOUT = 5.0  # seconds a warning webhook gets to answer
+COMMAND_TIMEOUT = 30.0  # seconds a warning command gets to finish before it is killed
+MIN_DELAY = 0.001  # seconds: a check is never re-scheduled for now, which would spin
+RATE_SIGNALS = frozenset({"requests_1m", "bytes_1m"})
 
 
 class Controller:
-    """Schedules and runs the idle checks of awake sessions."""
+    """Schedules and runs the policy checks of awake sessions.
+
+    `policies` maps template names to their policy (`Config.template_policies()`);
+    `provider` answers cpu and memory for policies that read them. `app_signals`
+    holds each session's `app` map, for an activity probe to fill.
+    `evaluation_errors` counts checks whose rules failed to run (the session was
+    kept awake and checked again later); `warnings_sent` counts warnings started.
+    """
 
     def __init__(
         self,
         lifecycle: Lifecycle,
-        templates: Mapping[str, IdleTemplate],
+        policies: Mapping[str, Policy],
+        *,
+        provider: Provider | None = None,
         clock: Clock | None = None,
     ):
         self._lifecycle = lifecycle
-        self._templates = templates
+        self._policies = policies
+        self._provider = provider
         self._clock = clock or SystemClock()
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
+        self._rates: dict[str, RateWindow] = {}
+        self._warned: set[str] = set()
         self._changed = asyncio.Event()
-        self._sleeps: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.app_signals: dict[str, Mapping[str, Any]] = {}
+        self.evaluation_errors = 0
+        self.warnings_sent = 0
         lifecycle.listeners.append(self._on_transition)
         for session in lifecycle.sessions.values():
             if session.state is State.AWAKE:
-                self._schedule_from_now(session)
+                self._on_awake(session)
 
     def next_due(self, session_id: str) -> float | None:
         """When `session_id` is next checked (monotonic), or None when it is not awake."""
         return self._due.get(session_id)
 
+    def policy_of(self, session: Session) -> Policy:
+        """The policy that decides when `session` sleeps."""
+        return self._policies[session.template]
+
+    def check_soon(self, session_id: str) -> None:
+        """Check an awake session now, e.g. because a signal of its changed."""
+        if session_id in self._due:
+            self._schedule(session_id, self._clock.monotonic())
+
+    # -- scheduling -----------------------------------------------------------
+
     def _on_transition(self, session: Session, old: State, new: State) -> None:
         if new is State.AWAKE:
-            self._schedule_from_now(session)
-        else:
+            self._on_awake(session)
+        elif old is State.AWAKE:
             self._due.pop(session.id, None)
+            self._rates.pop(session.id, None)
+            self._warned.discard(session.id)
 
-    def _schedule_from_now(self, session: Session) -> None:
-        timeout = self._templates[session.template].idle_timeout
-        self._schedule(session.id, self._clock.monotonic() + timeout)
+    def _on_awake(self, session: Session) -> None:
+        now = self._clock.monotonic()
+        activity = session.activity
+        self._rates[session.id] = RateWindow(now, activity.requests, activity.bytes)
+        self._warned.discard(session.id)
+        self._schedule(session.id, self._first_check(session, now))
+
+    def _first_check(self, session: Session, now: float) -> float:
+        """When to check a session that just woke: its policy's answer, else now."""
+        policy = self.policy_of(session)
+        if policy.needs_provider:
+            return now  # the check fetches cpu and memory
+        try:
+            decision = policy.evaluate(self._signals(session, policy, now, None))
+        except EvaluationError:
+            return now  # counted and logged by the check
+        if decision.sleep:
+            return now
+        return max(now, self._next_check(session.id, policy, decision, now, clamp=False))
 
     def _schedule(self, session_id: str, at: float) -> None:
         self._due[session_id] = at
@@ -72,49 +121,126 @@ class Controller:
         if self._heap[0][1] == session_id:
             self._changed.set()
 
-    def tick(self) -> list[str]:
+    # -- checks ---------------------------------------------------------------
+
+    async def tick(self) -> list[str]:
         """Evaluate every session due by now; start the sleeps; return who was put to sleep."""
         now = self._clock.monotonic()
-        sleeping: list[str] = []
+        due: list[str] = []
         while self._heap and self._heap[0][0] <= now:
             at, sid = heapq.heappop(self._heap)
-            if self._due.get(sid) != at:
-                continue  # superseded by a later schedule, or no longer awake
-            del self._due[sid]
-            if self._check(sid, now):
-                sleeping.append(sid)
-        return sleeping
+            if self._due.get(sid) == at:
+                del self._due[sid]
+                due.append(sid)
+        statuses = await self._statuses(due)
+        return [sid for sid in due if self._check(sid, now, statuses.get(sid))]
 
-    def _check(self, sid: str, now: float) -> bool:
+    async def _statuses(self, due: list[str]) -> dict[str, BackendStatus]:
+        """The provider's status of the due sessions whose policy reads cpu or memory."""
+        provider = self._provider
+        if provider is None:
+            return {}
+        wanted = [sid for sid in due if self._needs_provider(sid)]
+        if not wanted:
+            return {}
+        answers = await asyncio.gather(
+            *(provider.status(sid) for sid in wanted), return_exceptions=True
+        )
+        statuses: dict[str, BackendStatus] = {}
+        for sid, answer in zip(wanted, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("%s: no status from the provider: %s", sid, answer)
+            else:
+                statuses[sid] = answer
+        return statuses
+
+    def _needs_provider(self, sid: str) -> bool:
+        session = self._lifecycle.get(sid)
+        return session is not None and self.policy_of(session).needs_provider
+
+    def _check(self, sid: str, now: float, status: BackendStatus | None) -> bool:
         session = self._lifecycle.get(sid)
         if session is None or session.state is not State.AWAKE:
             return False
-        activity = session.activity
-        decision = decide(
-            now=now,
-            last_activity=activity.last_activity,
-            inflight=activity.inflight,
-            idle_timeout=self._templates[session.template].idle_timeout,
-        )
+        policy = self.policy_of(session)
+        try:
+            decision = policy.evaluate(self._signals(session, policy, now, status))
+        except EvaluationError as exc:
+            self.evaluation_errors += 1
+            log.warning("%s: policy %s failed, kept awake: %s", sid, policy.name, exc)
+            self._schedule(sid, now + policy.check_every)
+            return False
+        self._maybe_warn(session, policy, decision, now)
         if not decision.sleep:
-            self._schedule(sid, decision.next_check)
+            self._schedule(sid, self._next_check(sid, policy, decision, now))
             return False
         task = self._lifecycle.begin_sleep(sid, decision.reason)
         if task is None:
             return False
-        self._sleeps.add(task)
-        task.add_done_callback(self._sleep_done)
+        self._track(task)
         return True
 
-    def _sleep_done(self, task: asyncio.Task[None]) -> None:
-        self._sleeps.discard(task)
+    def _signals(
+        self, session: Session, policy: Policy, now: float, status: BackendStatus | None
+    ) -> Signals:
+        rates = (0, 0)
+        window = self._rates.get(session.id)
+        if window is not None and policy.variables & RATE_SIGNALS:
+            rates = window.sample(now, session.activity.requests, session.activity.bytes)
+        return read_signals(
+            session,
+            monotonic=now,
+            wall=self._clock.time(),
+            rates=rates,
+            status=status,
+            app=self.app_signals.get(session.id),
+        )
+
+    def _next_check(
+        self, sid: str, policy: Policy, decision: Decision, now: float, clamp: bool = True
+    ) -> float:
+        at = decision.next_check
+        warn, sleep_at = policy.warn, decision.sleep_at
+        if warn is not None and sleep_at is not None and sid not in self._warned:
+            at = min(at, sleep_at - warn.before)
+        return max(at, now + MIN_DELAY) if clamp else at
+
+    # -- warnings -------------------------------------------------------------
+
+    def _maybe_warn(self, session: Session, policy: Policy, decision: Decision, now: float) -> None:
+        """Announce a sleep foreseen within `warn_before`, once per awake period."""
+        warn, sleep_at = policy.warn, decision.sleep_at
+        if warn is None or sleep_at is None or session.id in self._warned:
+            return
+        if sleep_at - now > warn.before:
+            return
+        self._warned.add(session.id)
+        self.warnings_sent += 1
+        wall = self._clock.time() + (sleep_at - now)
+        payload = {
+            "session": session.id,
+            "policy": policy.name,
+            "sleep_at": datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds"),
+            "reason": _coming(decision),
+        }
+        log.info("%s: warning of a sleep at %s (%s)", session.id, payload["sleep_at"], policy.name)
+        self._track(asyncio.ensure_future(_send_warning(warn, payload)))
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("putting a session to sleep failed", exc_info=task.exception())
+            log.error("a controller task failed", exc_info=task.exception())
+
+    # -- running --------------------------------------------------------------
 
     async def run(self) -> None:
         """Run the timers until cancelled."""
         while True:
-            self.tick()
+            await self.tick()
             delay = self._heap[0][0] - self._clock.monotonic() if self._heap else 3600.0
             self._changed.clear()
             if delay > 0:
@@ -122,5 +248,55 @@ class Controller:
                     await asyncio.wait_for(self._changed.wait(), delay)
 
     async def close(self) -> None:
-        """Wait for sleeps under way."""
-        await asyncio.gather(*self._sleeps, return_exceptions=True)
+        """Wait for sleeps and warnings under way."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _coming(decision: Decision) -> str:
+    """Why the session will sleep: the decision's reason when it is now, else the rule."""
+    return decision.reason if decision.sleep else f"foreseen by the policy ({decision.reason})"
+
+
+async def _send_warning(warn: Warn, payload: dict[str, str]) -> None:
+    """Deliver one warning; failures are logged, never raised."""
+    try:
+        if warn.webhook is not None:
+            await asyncio.to_thread(_post_json, warn.webhook, payload)
+        elif warn.command:
+            await _run_command(warn.command, payload)
+    except Exception as exc:
+        log.warning("%s: the sleep warning failed: %s", payload["session"], exc)
+
+
+def _post_json(url: str, payload: dict[str, str]) -> None:
+    body = json.dumps(payload).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+        response.read()
+
+
+async def _run_command(command: tuple[str, ...], payload: dict[str, str]) -> None:
+    env = {
+        **os.environ,
+        "SIESTA_SESSION": payload["session"],
+        "SIESTA_POLICY": payload["policy"],
+        "SIESTA_SLEEP_AT": payload["sleep_at"],
+        "SIESTA_REASON": payload["reason"],
+    }
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        code = await asyncio.wait_for(process.wait(), COMMAND_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"{command[0]} did not finish within {COMMAND_TIMEOUT:g}s") from None
+    if code != 0:
+        raise RuntimeError(f"{command[0]} exited with status {code}")

@@ -48,6 +48,8 @@ class _Process:
     pidfd: int
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    # psutil handles kept between status() calls: cpu_percent measures since the last call.
+    meters: dict[int, psutil.Process] = field(default_factory=dict)
 
 
 class LocalProvider:
@@ -147,8 +149,7 @@ class LocalProvider:
         if proc is None:
             return BackendStatus(running=False)
         try:
-            leader = psutil.Process(proc.pid)
-            group = [leader, *leader.children(recursive=True)]
+            group = _group(proc)
             cpu = sum(p.cpu_percent(None) for p in group)
             memory = sum(p.memory_info().rss for p in group)
         except psutil.Error:
@@ -178,6 +179,19 @@ class LocalProvider:
             loop.remove_reader(proc.pidfd)
             os.close(proc.pidfd)
         self._procs.clear()
+
+
+def _group(proc: _Process) -> list[psutil.Process]:
+    """The backend's process and its descendants, as psutil handles reused across calls
+    (a fresh handle's first cpu_percent is always 0)."""
+    meters = proc.meters
+    leader = meters.get(proc.pid) or meters.setdefault(proc.pid, psutil.Process(proc.pid))
+    current = {proc.pid: leader}
+    for child in leader.children(recursive=True):
+        current[child.pid] = meters.get(child.pid, child)
+    meters.clear()
+    meters.update(current)
+    return list(current.values())
 
 
 def fill(text: str, values: Mapping[str, str]) -> str:
