@@ -143,7 +143,12 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         folder = config_dir or tmp_path
         port = port or free_port()
         config = {
-            "gateway": {"listen": f"127.0.0.1:{port}", "wake_timeout": "20s", **(gateway or {})},
+            "gateway": {
+                "listen": f"127.0.0.1:{port}",
+                "admin_listen": f"127.0.0.1:{free_port()}",  # tests may run side by side
+                "wake_timeout": "20s",
+                **(gateway or {}),
+            },
             "store": "state/state.db",
             "templates": templates or {"web": backend_template()},
             "sessions": sessions if sessions is not None else {"alice": {"template": "web"}},

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
+from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.core.model import State
@@ -39,7 +40,7 @@ class AlreadyRunning(Exception):
 class Siesta:
     """One siesta instance: everything a config describes, wired together."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, admin: bool = True):
         self.config = config
         self._lock = _lock_state_dir(config.state_dir)
         self.store = SqliteStore(config.store)
@@ -51,6 +52,18 @@ class Siesta:
             start_timeout=config.gateway.wake_timeout,
         )
         self.gateway = Gateway(config.gateway, self.lifecycle)
+        self.admin = (
+            AdminServer(
+                config,
+                self.lifecycle,
+                self.store,
+                held=lambda: self.gateway.activator.held,
+                controller=lambda: self.controller,
+            )
+            if admin
+            else None
+        )
+        self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,11 +77,15 @@ class Siesta:
     async def start(self) -> tuple[str, int]:
         """Restore sessions (re-adopting running backends), start timers, listen."""
         await self.lifecycle.start(self.config.sessions)
-        self.controller = Controller(self.lifecycle, self.config.templates)
+        self.controller = Controller(
+            self.lifecycle, self.config.template_policies(), provider=self.provider
+        )
         self._tasks = [
             _guarded(self.controller.run(), "controller"),
             _guarded(self._flush_activity(), "activity flush"),
         ]
+        if self.admin is not None:  # before the gateway: listening means both are
+            self.admin_address = await self.admin.start()
         gateway = self.config.gateway
         self.address = await self.gateway.listen(gateway.host, gateway.port)
         _tune_gc()
@@ -77,6 +94,8 @@ class Siesta:
     async def stop(self) -> None:
         """Drain the gateway, stop every backend, close the store."""
         await self.gateway.drain()
+        if self.admin is not None:
+            await self.admin.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -159,13 +178,15 @@ async def serve(
     config: Config,
     *,
     ready: Callable[[Siesta], Awaitable[None] | None] | None = None,
+    admin: bool = True,
 ) -> None:
     """Run siesta until SIGINT or SIGTERM, then shut down cleanly.
 
     `ready` is called once siesta listens (the demo uses it to print URLs and drive traffic);
-    if it returns an awaitable, siesta stops when that finishes.
+    if it returns an awaitable, siesta stops when that finishes. `admin=False` runs
+    without the admin API (the demo: no config file the CLI could find it by).
     """
-    app = Siesta(config)
+    app = Siesta(config, admin=admin)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -24,6 +24,8 @@ from siesta.store.base import SessionRecord, Store
 log = logging.getLogger("siesta.lifecycle")
 
 Listener = Callable[[Session, State, State], None]
+Observer = Callable[[Transition], None]
+"""Called with every event as it is recorded (the admin API's stream, the metrics)."""
 
 
 class ReadySpec(Protocol):
@@ -55,6 +57,14 @@ class SessionSpec(Protocol):
     def labels(self) -> Mapping[str, str]: ...
 
 
+class SessionExists(Exception):
+    """`add_session` was given an id that is taken."""
+
+
+class UnknownTemplate(Exception):
+    """`add_session` was given a template that is not configured."""
+
+
 class WakeError(Exception):
     """A session could not be woken. `retry_after` is what a client should wait (s)."""
 
@@ -83,6 +93,7 @@ class Lifecycle:
     ):
         self.sessions: dict[str, Session] = {}
         self.listeners: list[Listener] = []
+        self.observers: list[Observer] = []
         self._templates = templates
         self._store = store
         self._provider = provider
@@ -154,8 +165,12 @@ class Lifecycle:
 
         Raises `WakeError` when the start fails or the session is in failure backoff.
         """
-        session = self.sessions[session_id]
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise WakeError(f"no session {session_id!r}", retry_after=60.0)
         while session.state is not State.AWAKE:
+            if self.sessions.get(session_id) is not session:
+                raise WakeError(f"session {session_id!r} was removed", retry_after=60.0)
             stopping = self._stops.get(session_id)
             if stopping is not None:
                 await asyncio.shield(stopping)
@@ -242,6 +257,49 @@ class Lifecycle:
         session.awake_since = now
         session.activity.last_activity = now
 
+    # -- sessions added and removed at run time ---------------------------------
+
+    async def add_session(
+        self, session_id: str, template: str, labels: Mapping[str, str]
+    ) -> Session:
+        """Register a new session (ASLEEP) running `template`; stored at once.
+
+        Raises `SessionExists` or `UnknownTemplate`; the id's shape is the caller's check.
+        """
+        if session_id in self.sessions:
+            raise SessionExists(f"session {session_id!r} already exists")
+        if template not in self._templates:
+            known = ", ".join(sorted(self._templates)) or "none"
+            raise UnknownTemplate(f"unknown template {template!r} (known: {known})")
+        now = self._clock.time()
+        session = Session(session_id, template, dict(labels))
+        session.created = now
+        self._store.register(session_id, template, dict(labels), now)
+        self._save(session)  # a stale stored row (e.g. of an unconfigured template) is reset
+        self.sessions[session_id] = session
+        log.info("%s: added (template %s)", session_id, template)
+        return session
+
+    async def remove_session(self, session_id: str, reason: str = "session removed") -> None:
+        """Stop the session's backend (waiting for a wake under way), then forget it.
+
+        Its events stay in the store. Raises `KeyError` for an unknown session.
+        """
+        session = self.sessions[session_id]
+        while session.state in (State.WAKING, State.AWAKE, State.STOPPING):
+            wake, stop = self._wakes.get(session_id), self._stops.get(session_id)
+            if session.state is State.AWAKE:
+                await self.sleep(session_id, reason)
+            elif wake is not None or stop is not None:
+                task = wake.task if wake is not None else stop
+                assert task is not None
+                await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+            else:
+                await asyncio.sleep(0.05)  # a transient state without a task: look again
+        del self.sessions[session_id]  # no await since the loop: nothing woke it meanwhile
+        self._store.delete(session_id)
+        log.info("%s: removed", session_id)
+
     # -- sleep ----------------------------------------------------------------
 
     async def sleep(self, session_id: str, reason: str) -> bool:
@@ -300,6 +358,11 @@ class Lifecycle:
         event = Transition(session.id, self._clock.time(), old, session.state, reason, wake_seconds)
         self._save(session, event)
         log.info("%s: %s -> %s (%s)", session.id, old, session.state, reason)
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:  # an observer's bug never breaks a transition
+                log.exception("an event observer failed")
 
     def _save(self, session: Session, event: Transition | None = None) -> None:
         record = SessionRecord(

@@ -84,7 +84,7 @@ def run_demo(console: Console, *, port: int, idle: str, state_dir: Path, traffic
     demo = Demo(console, demo_config(port, idle_timeout, state_dir), traffic)
     install_uvloop()
     try:
-        asyncio.run(serve(demo.config, ready=demo.ready))
+        asyncio.run(serve(demo.config, ready=demo.ready, admin=False))
     except AlreadyRunning as exc:
         return _fail(f"{exc}: stop it first, or pick another folder with --state-dir")
     except OSError as exc:
