@@ -137,6 +137,7 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         templates: dict[str, Any] | None = None,
         sessions: dict[str, Any] | None = None,
         gateway: dict[str, Any] | None = None,
+        policies: dict[str, Any] | None = None,
         port: int | None = None,
         config_dir: Path | None = None,
     ) -> SiestaProcess:
@@ -153,6 +154,8 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
             "templates": templates or {"web": backend_template()},
             "sessions": sessions if sessions is not None else {"alice": {"template": "web"}},
         }
+        if policies is not None:
+            config["policies"] = policies
         path = folder / "siesta.yaml"
         path.write_text(yaml.safe_dump(config))
         log = folder / f"siesta-{len(running)}.log"

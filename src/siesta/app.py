@@ -24,6 +24,7 @@ from siesta.controller import Controller
 from siesta.core.model import State
 from siesta.gateway.server import Gateway
 from siesta.lifecycle import Lifecycle
+from siesta.probes import Prober
 from siesta.providers.local import LocalProvider
 from siesta.store.sqlite import SqliteStore
 
@@ -65,6 +66,7 @@ class Siesta:
         )
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
+        self.prober: Prober | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -79,6 +81,9 @@ class Siesta:
         await self.lifecycle.start(self.config.sessions)
         self.controller = Controller(
             self.lifecycle, self.config.template_policies(), provider=self.provider
+        )
+        self.prober = Prober(
+            self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
         self._tasks = [
             _guarded(self.controller.run(), "controller"),
@@ -99,6 +104,8 @@ class Siesta:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.prober is not None:
+            await self.prober.close()
         if self.controller is not None:
             await self.controller.close()
         await self.lifecycle.shutdown()

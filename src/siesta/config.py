@@ -8,6 +8,7 @@ becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
@@ -27,8 +28,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from siesta.core import activity
 from siesta.core.duration import parse_duration
-from siesta.core.policy import Policy, PolicyError, Rule, Warn, compile_rule
+from siesta.core.policy import Policy, PolicyError, Rule, Warn, check_app, compile_rule
 from siesta.core.routing import RoutingMode
 
 Loc = tuple[str | int, ...]
@@ -42,6 +44,7 @@ _HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
 _HTTP_PATH_PATTERN = r"^/"
 _URL_PATTERN = r"^https?://[^\s/]+"
 _DURATION_PATTERN = r"^\d+(\.\d+)?$|^(\d+(\.\d+)?(ms|[dhms]))+$"
+_APP_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 _PATTERN_HINTS = {
     NAME_PATTERN: "must be 1 to 63 letters, digits, '_' or '-', starting with a letter or digit",
@@ -49,6 +52,7 @@ _PATTERN_HINTS = {
     _HEADER_PATTERN: "must be a header name (letters, digits and '-'), e.g. X-Siesta-Session",
     _HTTP_PATH_PATTERN: "must be a path starting with '/', e.g. /healthz",
     _URL_PATTERN: "must be an http:// or https:// URL, e.g. http://127.0.0.1:9000/hook",
+    _APP_KEY_PATTERN: "must be a CEL name (letters, digits and '_'), e.g. busy_workers",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -243,6 +247,88 @@ class ReadyConf(_Model):
         return self
 
 
+class ActivityConf(_Model):
+    """An activity probe: how siesta asks an awake session's app whether it is busy.
+
+    Set exactly one of `preset` or `http`. Its answer is the `app` map policies read.
+    Every map has app.ok (bool: the last probe was answered) and app.error (string:
+    why not, else ""). The jupyter preset adds app.last_activity (timestamp),
+    app.idle_for (duration since last_activity, as of the last probe), app.kernels,
+    app.busy_kernels and app.connections (ints). A probe that fails keeps the last
+    values, with app.ok false: write e.g. `app.ok && app.busy_kernels == 0 && ...`.
+    """
+
+    preset: Literal["jupyter"] | None = Field(
+        default=None,
+        description="jupyter: Jupyter Server's GET /api/status (last_activity, kernels, "
+        "connections) and GET /api/kernels (busy kernels), under the session's base URL.",
+    )
+    http: str | None = Field(
+        default=None,
+        pattern=_HTTP_PATH_PATTERN,
+        description="A path (starting with /) answering a JSON document, read with `map`.",
+    )
+    map: dict[Annotated[str, StringConstraints(pattern=_APP_KEY_PATTERN)], str] | None = Field(
+        default=None,
+        description="With http: app key -> dotted JSON path, e.g. {busy: workers.busy, "
+        "first: items.0.state}; values keep their JSON types (a whole number is an int, "
+        "else a double); a path that leads nowhere leaves its key out (test with "
+        "has(app.key)). Unset by default: the top-level fields of the JSON object.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="With http: extra request headers, e.g. {Authorization: Bearer ...}.",
+    )
+    token: str | None = Field(
+        default=None,
+        description="With preset jupyter: the server's token, sent as Authorization: "
+        "token <token>. Unset by default: the template's env JUPYTER_TOKEN, if any.",
+    )
+    every: Duration = _duration(
+        "30s",
+        "Seconds between probes of an awake session. 30s: the app's news reaches the "
+        "policy at most that late, and 10,000 awake sessions cost a few hundred small "
+        "requests a second.",
+    )
+    timeout: Duration = _duration(
+        "5s",
+        "Seconds a probe waits for its answer before it counts as failed. 5s: a status "
+        "page answers in milliseconds; a server that takes longer is in trouble.",
+    )
+
+    @field_validator("every", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if (self.preset is None) == (self.http is None):
+            raise ValueError("set exactly one of preset (jupyter) or http (a path, e.g. /status)")
+        if self.preset is not None and (self.map is not None or self.headers):
+            raise ValueError("map and headers go with http, not with a preset")
+        if self.http is not None and self.token is not None:
+            raise ValueError("token goes with preset jupyter; with http, use headers")
+        reserved = sorted(set(self.map or ()) & set(activity.BASE_KEYS))
+        if reserved:
+            raise ValueError(f"map: {', '.join(reserved)} is set by siesta itself: rename it")
+        return self
+
+    def keys(self) -> frozenset[str] | None:
+        """The keys of the `app` map this probe gives; None when they are not known ahead."""
+        if self.preset == "jupyter":
+            return frozenset(activity.JUPYTER_KEYS)
+        if self.map is None:
+            return None
+        return frozenset((*activity.BASE_KEYS, *self.map))
+
+    def sample(self) -> dict[str, Any] | None:
+        """Typical values of the `app` map, when their types are known ahead."""
+        return dict(activity.JUPYTER_SAMPLE) if self.preset == "jupyter" else None
+
+
 class TemplateConf(_Model):
     """A recipe for a session's backend: the command to run and how to manage it."""
 
@@ -294,6 +380,12 @@ class TemplateConf(_Model):
         default=None,
         description="Name of the policy (under `policies`) that decides when sessions of "
         "this template sleep. Unset by default: idle_timeout alone decides.",
+    )
+    activity: ActivityConf | None = Field(
+        default=None,
+        description="An activity probe filling the `app` signal of policies: {preset: "
+        'jupyter, every: 30s} or {http: "/status", every: 30s, map: {...}}. Unset by '
+        "default: the app is not asked, only traffic is seen.",
     )
 
     @field_validator("cwd")
@@ -494,6 +586,7 @@ class Config(_Model):
                 problems.append((("templates", name, "idle_timeout"), message))
             else:
                 self._policies[name] = named[template.policy]
+                problems += _app_problems(name, template, named[template.policy])
         return problems
 
     def policy_for(self, template: str) -> Policy:
@@ -518,6 +611,53 @@ class Config(_Model):
     def log_dir(self) -> Path:
         """Where backends' logs go."""
         return self.state_dir / "logs"
+
+
+def _app_problems(name: str, template: TemplateConf, policy: Policy) -> list[tuple[Loc, str]]:
+    """The `app.*` reads of `policy` that the activity probe of template `name` cannot answer."""
+    probe = template.activity
+    problems: list[tuple[Loc, str]] = []
+    for rule in policy.rules:
+        problem = _app_problem(name, probe, rule)
+        if problem is not None:
+            problems.append((("policies", policy.name, rule.key), problem))
+    return problems
+
+
+def _app_problem(name: str, probe: ActivityConf | None, rule: Rule) -> str | None:
+    keys = frozenset() if probe is None else probe.keys()
+    missing = [] if keys is None else sorted(_app_keys(rule.source) - keys)
+    reads = ", ".join(f"app.{key}" for key in missing)
+    if missing and probe is None:
+        return (
+            f"reads {reads}, but template {name!r} has no activity probe to give it: "
+            'add activity: {preset: jupyter} or {http: "/status", map: {...}}'
+        )
+    if missing:
+        given = ", ".join(sorted(keys or ()))
+        return (
+            f"reads {reads}, which the activity probe of template {name!r} does not give "
+            f"(it gives: {given})"
+        )
+    sample = None if probe is None else probe.sample()
+    if sample is not None:
+        try:
+            check_app(rule, sample)
+        except PolicyError as exc:
+            return f"with the activity probe of template {name!r}: {exc}"
+    return None
+
+
+_HAS_APP_KEY = re.compile(r"\bhas\(\s*app\.(\w+)\s*\)")
+_APP_KEY = re.compile(r"(?<![\w.])app\.(\w+)")
+_CEL_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'')
+
+
+def _app_keys(source: str) -> set[str]:
+    """The `app.key` names a rule reads, leaving out those it tests with has(app.key) first."""
+    source = _CEL_STRING.sub('""', source)
+    tested = set(_HAS_APP_KEY.findall(source))
+    return set(_APP_KEY.findall(_HAS_APP_KEY.sub("", source))) - tested
 
 
 def _unknown_template(name: str, templates: dict[str, TemplateConf]) -> str:

@@ -356,7 +356,17 @@ def _window_calls(key: str, source: str) -> tuple[tuple[str, str], ...]:
     return tuple(calls)
 
 
-def _check_result(rule: Rule, source: str) -> None:
+def check_app(rule: Rule, app: Mapping[str, Any]) -> None:
+    """Refuse (`PolicyError`) a rule that cannot run when `app` is a typical `app` map.
+
+    The config calls it with the sample map of a template's activity probe, so
+    `app.idle_for > 60` (a duration against an int) is refused at load like any
+    other type mismatch.
+    """
+    _check_result(rule, rule.source, app)
+
+
+def _check_result(rule: Rule, source: str, app: Mapping[str, Any] | None = None) -> None:
     """Evaluate once per sample: refuse a non-boolean result or a rule that cannot run.
 
     A missing map key (`labels.tier`, `app.busy_kernels`) is not refused: maps are
@@ -364,7 +374,7 @@ def _check_result(rule: Rule, source: str) -> None:
     """
     for sample in (SAMPLE, SAMPLE_IDLE):
         labels = dict.fromkeys(re.findall(r"\blabels\.(\w+)", source), "sample")
-        rule._signals = replace(sample, labels=labels)
+        rule._signals = replace(sample, labels=labels, app=sample.app if app is None else app)
         try:
             result = rule.program.execute(rule._context)
         except KeyError:
@@ -429,8 +439,10 @@ def _cel_value(name: str, value: Any) -> Any:
 
 def _shown(name: str, value: Any) -> str:
     """A signal's value as the reason shows it: 16m2s, 0, 2.5, 2026-03-02T10:30:00+00:00."""
-    if name in CLOCK_SIGNALS:
+    if name in CLOCK_SIGNALS and isinstance(value, int | float):
         return format_duration(value)
+    if isinstance(value, timedelta):  # a duration inside a map, e.g. app.idle_for
+        return format_duration(value.total_seconds())
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, datetime):
