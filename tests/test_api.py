@@ -24,6 +24,7 @@ PROTECTED = [
     ("DELETE", "/api/sessions/alice"),
     ("POST", "/api/sessions/alice/wake"),
     ("POST", "/api/sessions/alice/sleep"),
+    ("GET", "/api/sessions/alice/explain"),
     ("GET", "/api/events"),
     ("GET", "/api/events/stream"),
     ("GET", "/api/savings"),

@@ -23,8 +23,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,7 +40,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from siesta import ledger
 from siesta.adminclient import TOKEN_ENV, TOKEN_FILE
 from siesta.config import NAME_PATTERN, Config
+from siesta.core.duration import format_duration
 from siesta.core.model import Session, State, Transition
+from siesta.core.policy import SIGNALS, Decision, EvaluationError, Policy, Rule, Signals
 from siesta.lifecycle import Lifecycle, SessionExists, UnknownTemplate, WakeError
 from siesta.metrics import SiestaMetrics
 from siesta.store.base import Store
@@ -238,6 +241,147 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
+# -- policy explain -----------------------------------------------------------------
+
+
+@runtime_checkable
+class PolicySource(Protocol):
+    """What `explain` needs of the controller (which this module must not import)."""
+
+    def policy_of(self, session: Session) -> Policy: ...
+
+    def next_due(self, session_id: str) -> float | None: ...
+
+    async def current_signals(self, session_id: str) -> Signals | None: ...
+
+
+def explanation(
+    session: Session, policy: Policy, signals: Signals | None, next_due: float | None
+) -> dict[str, Any]:
+    """The answer of `GET /api/sessions/{id}/explain`.
+
+    `signals` is None unless the session is awake (a sleeping session is not checked);
+    `next_due` is the controller's next check (monotonic, on the clock of `signals.at`).
+    """
+    answer: dict[str, Any] = {
+        "session": session.id,
+        "template": session.template,
+        "state": session.state.value,
+        "policy": policy.name,
+        "signals": None,
+        "rules": [_limit_json(policy, k, signals) for k in _LIMITS if _has_limit(policy, k)]
+        + [_rule_json(rule, signals) for rule in _ordered(policy)],
+        "decision": None,
+        "note": None,
+    }
+    if signals is None:
+        answer["note"] = (
+            f"the session is {session.state.value}: its policy is checked only while it is "
+            "awake, so there are no signal values; the next request wakes it"
+        )
+        return answer
+    answer["signals"] = {name: _plain(getattr(signals, name)) for name in SIGNALS}
+    try:
+        decision = policy.evaluate(signals)
+    except EvaluationError as exc:
+        answer["note"] = f"a rule failed to run, so the session is kept awake: {exc}"
+        return answer
+    answer["decision"] = _decision_json(policy, decision, signals, next_due)
+    return answer
+
+
+_LIMITS = ("max_lifetime", "min_awake")
+_EFFECT = {
+    "max_lifetime": "sleep, whatever else holds",
+    "min_awake": "stay awake",
+    "keep_awake_when": "stay awake, whatever sleep_when says",
+    "sleep_when": "sleep",
+}
+
+
+def _has_limit(policy: Policy, key: str) -> bool:
+    return policy.max_lifetime is not None if key == "max_lifetime" else policy.min_awake > 0
+
+
+def _ordered(policy: Policy) -> list[Rule]:
+    """The rules in the order `Policy.evaluate` looks at them."""
+    keep = policy.keep_awake_when
+    return [policy.sleep_when] if keep is None else [keep, policy.sleep_when]
+
+
+def _limit_json(policy: Policy, key: str, signals: Signals | None) -> dict[str, Any]:
+    if key == "max_lifetime":
+        limit, op = policy.max_lifetime or 0.0, ">="
+        holds = None if signals is None else signals.awake_for + 1e-6 >= limit
+    else:
+        limit, op = policy.min_awake, "<"
+        holds = None if signals is None else signals.awake_for + 1e-6 < limit
+    return {
+        "key": key,
+        "source": f"awake_for {op} {format_duration(limit)}",
+        "effect": _EFFECT[key],
+        "values": {} if signals is None else {"awake_for": signals.awake_for},
+        "holds": holds,
+        "error": None,
+    }
+
+
+def _rule_json(rule: Rule, signals: Signals | None) -> dict[str, Any]:
+    holds: bool | None = None
+    error = None
+    if signals is not None:
+        try:
+            holds = rule.holds(signals)
+        except EvaluationError as exc:
+            error = str(exc)
+    return {
+        "key": rule.key,
+        "source": " ".join(rule.source.split()),
+        "effect": _EFFECT.get(rule.key, "sleep"),
+        "values": {}
+        if signals is None
+        else {name: _plain(getattr(signals, name)) for name in rule.variables},
+        "holds": holds,
+        "error": error,
+    }
+
+
+def _decision_json(
+    policy: Policy, decision: Decision, signals: Signals, next_due: float | None
+) -> dict[str, Any]:
+    """The decision, with its times relative to the reading (seconds) and as wall clock."""
+    wall = signals.now.timestamp()
+    sleep_in = None if decision.sleep_at is None else max(0.0, decision.sleep_at - signals.at)
+    check_in = None if next_due is None else max(0.0, next_due - signals.at)
+    warn_in = None
+    if policy.warn is not None and sleep_in is not None:
+        warn_in = max(0.0, sleep_in - policy.warn.before)
+    return {
+        "sleep": decision.sleep,
+        "reason": decision.reason,
+        "sleep_in": sleep_in,
+        "sleep_at": None if sleep_in is None else wall + sleep_in,
+        "next_check_in": check_in,
+        "warn_in": warn_in,
+        "check_every": None if policy.predictable else policy.check_every,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A signal's value as JSON: durations in seconds, times in ISO 8601, maps as objects."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
 # -- the endpoints ------------------------------------------------------------------
 
 
@@ -270,6 +414,7 @@ class AdminApi:
             Route("/api/sessions/{id}", self.delete_session, methods=["DELETE"]),
             Route("/api/sessions/{id}/wake", self.wake, methods=["POST"]),
             Route("/api/sessions/{id}/sleep", self.sleep, methods=["POST"]),
+            Route("/api/sessions/{id}/explain", self.explain, methods=["GET"]),
             Route("/api/events", self.events, methods=["GET"]),
             Route("/api/events/stream", self.stream, methods=["GET"]),
             Route("/api/savings", self.savings, methods=["GET"]),
@@ -355,6 +500,16 @@ class AdminApi:
             await self.lifecycle.sleep(session.id, "put to sleep through the admin API")
         status = 202 if session.state is State.STOPPING else 200
         return JSONResponse(self._json(session), status_code=status)
+
+    async def explain(self, request: Request) -> Response:
+        """Each rule of the session's policy, the signals it reads, whether it holds."""
+        session = self._session(request)
+        controller = self._controller()
+        if not isinstance(controller, PolicySource):
+            return _error(503, "the controller is not running yet")
+        policy = controller.policy_of(session)
+        signals = await controller.current_signals(session.id)
+        return JSONResponse(explanation(session, policy, signals, controller.next_due(session.id)))
 
     async def events(self, request: Request) -> Response:
         session, since = request.query_params.get("session"), _since(request)
@@ -607,6 +762,53 @@ _SCHEMAS: dict[str, Any] = {
         },
         ["session", "at", "old", "new", "reason"],
     ),
+    "Explanation": _object(
+        {
+            "session": {"type": "string"},
+            "template": {"type": "string"},
+            "state": {"type": "string", "enum": [s.value for s in State]},
+            "policy": {"type": "string"},
+            "signals": {
+                "type": ["object", "null"],
+                "description": "every signal now (durations in seconds, `now` ISO 8601); "
+                "null unless the session is awake",
+            },
+            "rules": {
+                "type": "array",
+                "description": "max_lifetime, min_awake, keep_awake_when, sleep_when: those "
+                "the policy has, in the order they are looked at",
+                "items": _object(
+                    {
+                        "key": {"type": "string"},
+                        "source": {"type": "string"},
+                        "effect": {"type": "string", "description": "what it does when it holds"},
+                        "values": {"type": "object", "description": "the signals it reads"},
+                        "holds": {"type": ["boolean", "null"]},
+                        "error": {"type": ["string", "null"]},
+                    }
+                ),
+            },
+            "decision": {
+                "type": ["object", "null"],
+                "description": "the policy's decision now; null unless awake",
+                "properties": {
+                    "sleep": {"type": "boolean"},
+                    "reason": {"type": "string"},
+                    "sleep_in": {
+                        "type": ["number", "null"],
+                        "description": "seconds until it sleeps if only time passes; null "
+                        "when that cannot be foreseen",
+                    },
+                    "sleep_at": {"type": ["number", "null"], "description": "the same, epoch"},
+                    "next_check_in": _NUMBER_OR_NULL,
+                    "warn_in": _NUMBER_OR_NULL,
+                    "check_every": _NUMBER_OR_NULL,
+                },
+            },
+            "note": {"type": ["string", "null"]},
+        },
+        ["session", "state", "policy", "rules"],
+    ),
     "Usage": _object(
         {
             "awake_seconds": {"type": "number"},
@@ -716,6 +918,19 @@ OPENAPI: dict[str, Any] = {
                     "200": _answer("asleep (or it was not awake)", _ref("Session")),
                     "202": _answer("it was already stopping", _ref("Session")),
                     "409": _answer("it is waking", _ERR),
+                    **_NOT_FOUND,
+                    **_UNAUTHORIZED,
+                },
+            },
+        },
+        "/api/sessions/{id}/explain": {
+            "parameters": [_SESSION_ID],
+            "get": {
+                "summary": "Each rule of the session's policy with the signal values it reads, "
+                "whether it holds, and when the session would sleep",
+                "responses": {
+                    "200": _answer("the explanation", _ref("Explanation")),
+                    "503": _answer("the controller is not running yet", _ERR),
                     **_NOT_FOUND,
                     **_UNAUTHORIZED,
                 },

@@ -9,19 +9,24 @@ import logging.handlers
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from siesta.adminclient import AdminClient, AdminError, read_token
+from siesta import replay
+from siesta.adminclient import AdminClient, AdminError, NotRunning, read_token
 from siesta.config import Config, ConfigError, config_json_schema, load_config
-from siesta.core.duration import format_duration
+from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import State
+from siesta.core.policy import CLOCK_SIGNALS
 from siesta.store.sqlite import SqliteStore
 from siesta.styles import STATE_STYLE
 
@@ -37,6 +42,11 @@ sessions_app = typer.Typer(
     help="List, create and delete the sessions of a running siesta.", no_args_is_help=True
 )
 app.add_typer(sessions_app, name="sessions")
+policy_app = typer.Typer(
+    help="Explain a session's policy now, or replay a recorded trace against the policies.",
+    no_args_is_help=True,
+)
+app.add_typer(policy_app, name="policy")
 
 console = Console()
 err = Console(stderr=True)
@@ -121,8 +131,36 @@ def demo(
 
 @app.command()
 def status(config: ConfigOption = Path("siesta.yaml")) -> None:
-    """Sessions with their state, idle time and backend, read from the store."""
+    """Sessions with their state, idle and awake time and next policy check.
+
+    Asks the running siesta (admin API); when it is not running, shows what it last
+    stored, and says so.
+    """
     conf = _load(config)
+    host, port = conf.gateway.admin_address
+    try:
+        sessions = AdminClient(host, port, read_token(conf.state_dir), timeout=5.0).sessions()
+    except NotRunning as exc:
+        _status_from_store(conf, str(exc))
+        return
+    except AdminError as exc:
+        _fail(exc)
+    table = Table("session", "template", "state", "idle for", "awake for", "next policy check")
+    for s in sessions:
+        table.add_row(
+            s["id"],
+            s["template"],
+            _state(s["state"]),
+            *(
+                format_duration(s[key]) if s.get(key) is not None else ""
+                for key in ("idle_for", "awake_for", "next_check_in")
+            ),
+        )
+    console.print(table)
+
+
+def _status_from_store(conf: Config, why: str) -> None:
+    """The table from the state siesta last stored (it is not running)."""
     if not conf.store.exists():
         err.print(f"no state yet at {conf.store}: siesta has not run with this config")
         raise typer.Exit(1)
@@ -133,24 +171,28 @@ def status(config: ConfigOption = Path("siesta.yaml")) -> None:
     finally:
         store.close()
     now = time.time()
-    table = Table("session", "template", "state", "for", "idle for", "backend", "last event")
+    table = Table(
+        "session", "template", "state", "idle for", "awake for", "next policy check", "last event"
+    )
     for rec in records:
         event = last.get(rec.id)
-        idle = (
-            format_duration(now - rec.last_seen)
-            if rec.last_seen and rec.state is State.AWAKE
-            else ""
-        )
+        awake = rec.state is State.AWAKE
         table.add_row(
             rec.id,
             rec.template,
             f"[{STATE_STYLE[rec.state]}]{rec.state}[/]",
-            format_duration(now - rec.updated) if rec.updated else "",
-            idle,
-            f"pid {rec.pid} at {rec.endpoint}" if rec.pid and rec.endpoint else "",
+            format_duration(now - rec.last_seen) if rec.last_seen and awake else "",
+            format_duration(now - rec.updated) if rec.updated and awake else "",
+            "",
             event.reason if event else "",
         )
     console.print(table)
+    err.print(
+        f"{why}: this is the state it last stored in {conf.store}; "
+        "no policy checks are scheduled while it is not running",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @config_app.command("check")
@@ -321,6 +363,154 @@ def events(
     except KeyboardInterrupt:
         return
     err.print("siesta stopped: no more events")
+
+
+@policy_app.command("explain")
+def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml")) -> None:
+    """Each rule of a session's policy with the signal values it reads, whether it holds,
+    and when the session would sleep if nothing but time changed."""
+    client, _ = _client(config)
+    try:
+        answer = client.request("GET", f"/api/sessions/{quote(session, safe='')}/explain")
+    except AdminError as exc:
+        _fail(exc)
+    _print_explanation(answer)
+
+
+def _print_explanation(answer: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{answer['session']}[/bold] (template {answer['template']}) is "
+        f"{_state(answer['state'])}; policy [bold]{answer['policy']}[/bold]",
+        highlight=False,
+    )
+    signals = answer.get("signals")
+    if signals:
+        shown = ", ".join(f"{name}={_signal(name, value)}" for name, value in signals.items())
+        console.print(f"signals: {shown}", markup=False, highlight=False, soft_wrap=True)
+    table = Table("rule", "condition", "values", "holds", "when it holds")
+    for rule in answer["rules"]:
+        values = ", ".join(f"{k}={_signal(k, v)}" for k, v in rule["values"].items())
+        table.add_row(
+            rule["key"],
+            escape(rule["source"]),
+            escape(values),
+            _holds(rule["holds"], rule.get("error")),
+            rule["effect"],
+        )
+    console.print(table)
+    decision = answer.get("decision")
+    if decision is not None:
+        _print_decision(decision)
+    if answer.get("note"):
+        console.print(answer["note"], markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_decision(decision: dict[str, Any]) -> None:
+    verdict = "[red]sleep now[/red]" if decision["sleep"] else "[green]stay awake[/green]"
+    reason = escape(decision["reason"])
+    console.print(f"decision: {verdict} ({reason})", highlight=False, soft_wrap=True)
+    if decision["sleep_in"] is not None and not decision["sleep"]:
+        when = datetime.fromtimestamp(decision["sleep_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        fires = f"would sleep in {format_duration(decision['sleep_in'])} (at {when})"
+        console.print(f"next: {fires} if nothing but time changes", highlight=False)
+    elif not decision["sleep"]:
+        console.print(
+            "next: no sleep foreseen from time alone; it takes a change of the signals",
+            highlight=False,
+        )
+    if decision["warn_in"] is not None and not decision["sleep"]:
+        console.print(f"warning in {format_duration(decision['warn_in'])}", highlight=False)
+    if decision["next_check_in"] is not None:
+        check = f"next policy check in {format_duration(decision['next_check_in'])}"
+        if decision["check_every"] is not None:
+            check += f" (re-checked every {format_duration(decision['check_every'])})"
+        console.print(check, highlight=False)
+
+
+def _signal(name: str, value: Any) -> str:
+    if name in CLOCK_SIGNALS and isinstance(value, int | float):
+        return format_duration(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_signal(k, v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _holds(holds: bool | None, error: str | None) -> str:
+    if error:
+        return f"[red]error[/red]: {escape(error)}"
+    if holds is None:
+        return "-"
+    return "[bold]yes[/bold]" if holds else "no"
+
+
+@policy_app.command(
+    "replay",
+    help="Replay a recorded activity trace against the policies "
+    "of a config, at full speed, and report per session: awake hours against "
+    "always-on, sleeps, wakes and false sleeps.\n\n" + replay.TRACE_HELP,
+)
+def policy_replay(
+    trace: Annotated[
+        Path, typer.Option("--trace", "-t", help="The trace (CSV).", show_default=False)
+    ],
+    config: ConfigOption = Path("siesta.yaml"),
+    wake_time: Annotated[
+        str, typer.Option("--wake-time", help="How long a wake takes (a duration, e.g. 2s).")
+    ] = "0s",
+    timeline: Annotated[
+        bool, typer.Option("--timeline", help="Also print every sleep and wake with its reason.")
+    ] = False,
+) -> None:
+    conf = _load(config)
+    try:
+        wake_seconds = parse_duration(wake_time)
+        rows = replay.read_trace(trace)
+        report = replay.replay(rows, replay.setups_from(conf), wake_seconds=wake_seconds)
+    except (replay.TraceError, ValueError) as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    _print_replay(report, timeline)
+
+
+def _print_replay(report: replay.Report, timeline: bool) -> None:
+    start = datetime.fromtimestamp(report.start, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    end = datetime.fromtimestamp(report.end, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    span = format_duration(report.end - report.start)
+    console.print(
+        f"replayed {start} to {end} UTC ({span}), wakes taking "
+        f"{format_duration(report.wake_seconds)}",
+        highlight=False,
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("session", "policy", "awake h of"):
+        table.add_column(name, no_wrap=True)
+    for name in ("saved", "sleeps", "wakes", "false", "window"):
+        table.add_column(name, justify="right", min_width=len(name))
+    for s in report.sessions:
+        table.add_row(
+            s.session,
+            s.policy,
+            f"{s.awake_seconds / 3600:.2f} of {s.always_on_seconds / 3600:.2f}",
+            f"{s.saved_fraction:.0%}",
+            str(s.sleeps),
+            str(s.wakes),
+            str(s.false_sleeps),
+            format_duration(s.thrash_window),
+        )
+    console.print(table)
+    console.print(replay.FALSE_SLEEP, markup=False, highlight=False)
+    for s in report.sessions:
+        if s.evaluation_errors:
+            err.print(
+                f"{s.session}: {s.evaluation_errors} check(s) failed to run (kept awake)",
+                highlight=False,
+            )
+        if timeline:
+            console.print(f"\n[bold]{s.session}[/bold]")
+            for change in s.changes:
+                console.print(replay.describe(change), markup=False, highlight=False)
 
 
 def _print_event(event: dict[str, Any]) -> None:

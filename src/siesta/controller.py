@@ -41,7 +41,8 @@ class Controller:
 
     `policies` maps template names to their policy (`Config.template_policies()`);
     `provider` answers cpu and memory for policies that read them. `app_signals`
-    holds each session's `app` map, for an activity probe to fill.
+    holds each session's `app` map, for an activity probe to fill (`siesta.probes`),
+    which also counts its failures in `probe_failures`.
     `evaluation_errors` counts checks whose rules failed to run (the session was
     kept awake and checked again later); `warnings_sent` counts warnings started.
     """
@@ -67,6 +68,7 @@ class Controller:
         self.app_signals: dict[str, Mapping[str, Any]] = {}
         self.evaluation_errors = 0
         self.warnings_sent = 0
+        self.probe_failures = 0
         lifecycle.listeners.append(self._on_transition)
         for session in lifecycle.sessions.values():
             if session.state is State.AWAKE:
@@ -84,6 +86,22 @@ class Controller:
         """Check an awake session now, e.g. because a signal of its changed."""
         if session_id in self._due:
             self._schedule(session_id, self._clock.monotonic())
+
+    async def current_signals(self, session_id: str) -> Signals | None:
+        """What a check of `session_id` would read now; None unless it is awake.
+
+        For `siesta policy explain`: cpu and memory are asked of the provider when
+        the policy reads them, as a check does. Nothing is scheduled or decided.
+        """
+        session = self._lifecycle.get(session_id)
+        if session is None or session.state is not State.AWAKE:
+            return None
+        policy = self.policy_of(session)
+        statuses = await self._statuses([session_id]) if policy.needs_provider else {}
+        if session.state is not State.AWAKE:
+            return None  # put to sleep while the provider answered
+        now = self._clock.monotonic()
+        return self._signals(session, policy, now, statuses.get(session_id))
 
     # -- scheduling -----------------------------------------------------------
 
@@ -133,7 +151,20 @@ class Controller:
                 del self._due[sid]
                 due.append(sid)
         statuses = await self._statuses(due)
-        return [sid for sid in due if self._check(sid, now, statuses.get(sid))]
+        return [sid for sid in due if self._check_guarded(sid, now, statuses.get(sid))]
+
+    def _check_guarded(self, sid: str, now: float, status: BackendStatus | None) -> bool:
+        """`_check`, but a bug in one session's check never stops the controller: it is
+        logged, counted as an evaluation error, and the session is looked at again later."""
+        try:
+            return self._check(sid, now, status)
+        except Exception:
+            self.evaluation_errors += 1
+            log.exception("%s: checking the policy failed; kept awake", sid)
+            session = self._lifecycle.get(sid)
+            if session is not None and session.state is State.AWAKE:
+                self._schedule(sid, now + self.policy_of(session).check_every)
+            return False
 
     async def _statuses(self, due: list[str]) -> dict[str, BackendStatus]:
         """The provider's status of the due sessions whose policy reads cpu or memory."""
