@@ -28,6 +28,7 @@ test: lint
 bench: $(STAMP)
 	bash bench/setup.sh
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/controller.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

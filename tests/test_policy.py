@@ -358,3 +358,13 @@ def test_policy_error_carries_key_and_position() -> None:
     with pytest.raises(PolicyError) as caught:
         compile_rule("keep_awake_when", "connections > 0 && idel_for > duration('1m')")
     assert (caught.value.key, caught.value.line, caught.value.column) == ("keep_awake_when", 1, 20)
+
+
+def test_open_connections_keep_the_checks_coming_despite_a_late_prediction() -> None:
+    """With max_lifetime 12h and a connection open, the only foreseeable sleep is at 12h;
+    the connection may close any time unheard, so the next check is check_every away."""
+    rule = policy('idle_for > duration("15m") && connections == 0', max_lifetime=12 * 3600.0)
+    decision = rule.evaluate(Signals(idle_for=16 * 60.0, connections=1, awake_for=960.0, at=960.0))
+    assert not decision.sleep
+    assert decision.sleep_at == 12 * 3600.0
+    assert decision.next_check == 960.0 + 30.0

@@ -21,7 +21,6 @@ from typing import IO
 from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
-from siesta.core.model import State
 from siesta.gateway.server import Gateway
 from siesta.lifecycle import Lifecycle
 from siesta.probes import Prober
@@ -69,6 +68,7 @@ class Siesta:
         self.prober: Prober | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushed: dict[str, float] = {}  # last activity written, by awake session
 
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway
@@ -119,13 +119,17 @@ class Siesta:
             self._write_activity()
 
     def _write_activity(self) -> None:
-        """Store when each awake session last saw traffic (for `siesta status`)."""
+        """Store when awake sessions last saw traffic (for `siesta status`): only the
+        awake ones are visited, and only those with new traffic are written."""
         offset = time.time() - time.monotonic()
-        seen = {
-            s.id: s.activity.last_activity + offset
-            for s in self.lifecycle.sessions.values()
-            if s.state is State.AWAKE and s.activity.last_activity
-        }
+        sessions = self.lifecycle.sessions
+        flushed, self._flushed = self._flushed, {}
+        seen: dict[str, float] = {}
+        for sid in self.lifecycle.awake:
+            last = sessions[sid].activity.last_activity
+            self._flushed[sid] = last
+            if last and last != flushed.get(sid):
+                seen[sid] = last + offset
         if seen:
             self.store.touch(seen)
 

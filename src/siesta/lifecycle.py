@@ -8,7 +8,6 @@ written to the store with its reason. Nothing else changes `Session.state`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,6 +92,7 @@ class Lifecycle:
     ):
         self.sessions: dict[str, Session] = {}
         self.listeners: list[Listener] = []
+        self.awake: set[str] = set()  # ids of AWAKE sessions: periodic work visits only these
         self.observers: list[Observer] = []
         self._templates = templates
         self._store = store
@@ -379,11 +379,9 @@ class Lifecycle:
         self._store.save(record, event)
 
     def _notify(self, session: Session, old: State) -> None:
+        if session.state is State.AWAKE:
+            self.awake.add(session.id)
+        else:
+            self.awake.discard(session.id)
         for listener in self.listeners:
             listener(session, old, session.state)
-
-
-def ensure_stopped(task: asyncio.Task[None]) -> None:
-    """Retrieve a finished task's exception so it is not reported as lost."""
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()

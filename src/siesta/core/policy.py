@@ -513,9 +513,18 @@ class Policy:
             return Decision(True, reason, signals.at, signals.at)
         sleep_at = self._predict(signals)
         next_check = sleep_at if sleep_at is not None else math.inf
-        if not self.predictable or sleep_at is None:
+        if not self.predictable or sleep_at is None or self._held_by_traffic(signals):
             next_check = min(next_check, signals.at + self.check_every)
         return Decision(False, reason, next_check, sleep_at)
+
+    def _held_by_traffic(self, s: Signals) -> bool:
+        """Open connections or requests in flight that the rules read: they can end at any
+        moment without the controller hearing of it, so a prediction made while they last
+        (say, at max_lifetime) must not be the only check."""
+        return bool(
+            (s.connections and "connections" in self.variables)
+            or (s.inflight and "inflight" in self.variables)
+        )
 
     def _decide(self, s: Signals) -> tuple[bool, str]:
         if self.max_lifetime is not None and s.awake_for + _TOLERANCE >= self.max_lifetime:
