@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench compiled pure clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/siesta demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -25,10 +25,18 @@ test: lint
 	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: compiled
 	bash bench/setup.sh
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/controller.py
 
-clean:
+# The hot path compiled with mypyc into build/mypyc/; used while its sources are unchanged
+# (see src/siesta/_native.py). `make pure` goes back to Python; so does SIESTA_PURE=1.
+compiled: $(STAMP)
+	$(BIN)/python scripts/compile.py
+
+pure:
+	rm -rf build/mypyc
+
+clean: pure
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

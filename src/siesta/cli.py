@@ -94,7 +94,10 @@ def up(
 
     def announce(app_: object) -> None:
         gw = conf.gateway
-        err.print(f"siesta listening on http://{gw.listen} ({gw.routing} routing)")
+        from siesta._native import COMPILED
+
+        hot_path = "compiled with mypyc" if COMPILED else "pure Python"
+        err.print(f"siesta listening on http://{gw.listen} ({gw.routing} routing, {hot_path})")
 
     try:
         asyncio.run(serve(conf, ready=announce))
