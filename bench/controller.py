@@ -211,17 +211,7 @@ def _move(
 
 def _save(store: SqliteStore, session: Session, event: Transition | None = None) -> None:
     """`Lifecycle._save`: the session's row, and its event, in one transaction."""
-    record = SessionRecord(
-        id=session.id,
-        template=session.template,
-        labels=session.labels,
-        state=session.state,
-        endpoint=session.endpoint,
-        pid=session.pid,
-        pid_started=session.pid_started,
-        created=session.created,
-        updated=time.time(),
-    )
+    record = SessionRecord.of(session, time.time())
     store.save(record, event)
 
 

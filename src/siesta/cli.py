@@ -148,18 +148,7 @@ def status(config: ConfigOption = Path("siesta.yaml")) -> None:
         return
     except AdminError as exc:
         _fail(exc)
-    table = Table("session", "template", "state", "idle for", "awake for", "next policy check")
-    for s in sessions:
-        table.add_row(
-            s["id"],
-            s["template"],
-            _state(s["state"]),
-            *(
-                format_duration(s[key]) if s.get(key) is not None else ""
-                for key in ("idle_for", "awake_for", "next_check_in")
-            ),
-        )
-    console.print(table)
+    console.print(_sessions_table(sessions, labels=False))
 
 
 def _status_from_store(conf: Config, why: str) -> None:
@@ -252,19 +241,27 @@ def sessions_list(config: ConfigOption = Path("siesta.yaml")) -> None:
         sessions = client.sessions()
     except AdminError as exc:
         _fail(exc)
-    table = Table("session", "template", "state", "awake for", "idle for", "next check", "labels")
+    console.print(_sessions_table(sessions, labels=True))
+
+
+def _sessions_table(sessions: list[dict[str, Any]], *, labels: bool) -> Table:
+    """Sessions as the admin API lists them: state, idle and awake time, next check."""
+    columns = ["session", "template", "state", "idle for", "awake for", "next policy check"]
+    table = Table(*columns, *(["labels"] if labels else []))
     for s in sessions:
-        table.add_row(
+        cells = [
             s["id"],
             s["template"],
             _state(s["state"]),
             *(
                 format_duration(s[key]) if s.get(key) is not None else ""
-                for key in ("awake_for", "idle_for", "next_check_in")
+                for key in ("idle_for", "awake_for", "next_check_in")
             ),
-            ", ".join(f"{k}={v}" for k, v in s["labels"].items()),
-        )
-    console.print(table)
+        ]
+        if labels:
+            cells.append(", ".join(f"{k}={v}" for k, v in s["labels"].items()))
+        table.add_row(*cells)
+    return table
 
 
 @sessions_app.command("create")

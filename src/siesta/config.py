@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -57,6 +58,13 @@ _PATTERN_HINTS = {
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
+
+def _more_than_zero(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be more than 0s")
+    return value
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
@@ -73,6 +81,8 @@ Duration = Annotated[
         }
     ),
 ]
+# A Duration that must be more than zero (a period to wait between checks).
+PositiveDuration = Annotated[Duration, AfterValidator(_more_than_zero)]
 """Seconds, written as a number of seconds or a string like "500ms", "15m", "1h30m"."""
 
 
@@ -284,24 +294,17 @@ class ActivityConf(_Model):
         description="With preset jupyter: the server's token, sent as Authorization: "
         "token <token>. Unset by default: the template's env JUPYTER_TOKEN, if any.",
     )
-    every: Duration = _duration(
+    every: PositiveDuration = _duration(
         "30s",
         "Seconds between probes of an awake session. 30s: the app's news reaches the "
         "policy at most that late, and 10,000 awake sessions cost a few hundred small "
         "requests a second.",
     )
-    timeout: Duration = _duration(
+    timeout: PositiveDuration = _duration(
         "5s",
         "Seconds a probe waits for its answer before it counts as failed. 5s: a status "
         "page answers in milliseconds; a server that takes longer is in trouble.",
     )
-
-    @field_validator("every", "timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be more than 0s")
-        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
@@ -471,20 +474,13 @@ class PolicyConf(_Model):
         default=None,
         description="How the warning is sent: {webhook: URL} or {command: [...]}.",
     )
-    check_every: Duration = _duration(
+    check_every: PositiveDuration = _duration(
         "30s",
         "Seconds between checks of a session whose rules read signals that change "
         "without traffic (cpu_percent, requests_1m, app, now ...). 30s: a sleep comes "
         "at most that late, and 10,000 awake sessions cost a few hundred checks a second.",
     )
     _rules: tuple[Rule, Rule | None] | None = PrivateAttr(None)
-
-    @field_validator("check_every")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be more than 0s")
-        return value
 
     @model_validator(mode="after")
     def _compile(self) -> Self:

@@ -365,17 +365,7 @@ class Lifecycle:
                 log.exception("an event observer failed")
 
     def _save(self, session: Session, event: Transition | None = None) -> None:
-        record = SessionRecord(
-            id=session.id,
-            template=session.template,
-            labels=session.labels,
-            state=session.state,
-            endpoint=session.endpoint,
-            pid=session.pid,
-            pid_started=session.pid_started,
-            created=session.created,
-            updated=self._clock.time(),
-        )
+        record = SessionRecord.of(session, self._clock.time())
         self._store.save(record, event)
 
     def _notify(self, session: Session, old: State) -> None:

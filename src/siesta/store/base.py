@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from siesta.core.model import Endpoint, State, Transition
+from siesta.core.model import Endpoint, Session, State, Transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,21 @@ class SessionRecord:
     last_seen: float | None = None  # wall clock of the last traffic, flushed in batches
     created: float = 0.0
     updated: float = 0.0
+
+    @classmethod
+    def of(cls, session: Session, updated: float) -> SessionRecord:
+        """What the store keeps of `session`, as of `updated` (wall clock)."""
+        return cls(
+            id=session.id,
+            template=session.template,
+            labels=session.labels,
+            state=session.state,
+            endpoint=session.endpoint,
+            pid=session.pid,
+            pid_started=session.pid_started,
+            created=session.created,
+            updated=updated,
+        )
 
 
 class Store(Protocol):
