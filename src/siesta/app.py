@@ -22,8 +22,12 @@ from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.gateway.server import Gateway
+from siesta.keda.scaler import ExternalScaler, ScalerServer
 from siesta.lifecycle import Lifecycle
 from siesta.probes import Prober
+from siesta.providers.base import Provider
+from siesta.providers.dispatch import ByTemplate
+from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
 from siesta.store.sqlite import SqliteStore
 
@@ -44,7 +48,7 @@ class Siesta:
         self.config = config
         self._lock = _lock_state_dir(config.state_dir)
         self.store = SqliteStore(config.store)
-        self.provider = LocalProvider(config.templates, config.log_dir, base_url=self._base_url)
+        self.provider = self._provider()
         self.lifecycle = Lifecycle(
             config.templates,
             self.store,
@@ -52,6 +56,10 @@ class Siesta:
             start_timeout=config.gateway.wake_timeout,
         )
         self.gateway = Gateway(config.gateway, self.lifecycle)
+        self.scaler = (
+            ScalerServer(ExternalScaler(self.lifecycle)) if config.keda is not None else None
+        )
+        self.scaler_address: tuple[str, int] | None = None
         self.admin = (
             AdminServer(
                 config,
@@ -69,6 +77,15 @@ class Siesta:
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushed: dict[str, float] = {}  # last activity written, by awake session
+
+    def _provider(self) -> Provider:
+        """The local provider, the keda one, or both behind a router by template."""
+        templates = self.config.templates
+        local = LocalProvider(templates, self.config.log_dir, base_url=self._base_url)
+        kinds = {name: t.provider for name, t in templates.items()}
+        if "keda" not in kinds.values():
+            return local
+        return ByTemplate({"local": local, "keda": KedaProvider(templates)}, kinds)
 
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway
@@ -89,6 +106,10 @@ class Siesta:
             _guarded(self.controller.run(), "controller"),
             _guarded(self._flush_activity(), "activity flush"),
         ]
+        keda = self.config.keda
+        if self.scaler is not None and keda is not None:  # before the gateway, like admin
+            tls = (keda.tls.cert, keda.tls.key) if keda.tls is not None else None
+            self.scaler_address = await self.scaler.start(*keda.address, tls=tls)
         if self.admin is not None:  # before the gateway: listening means both are
             self.admin_address = await self.admin.start()
         gateway = self.config.gateway
@@ -101,6 +122,8 @@ class Siesta:
         await self.gateway.drain()
         if self.admin is not None:
             await self.admin.stop()
+        if self.scaler is not None:
+            await self.scaler.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -336,9 +336,10 @@ class TemplateConf(_Model):
     """A recipe for a session's backend: the command to run and how to manage it."""
 
     command: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         description="The backend's command line, run without a shell; {port} in an "
-        "argument becomes the port siesta chose for the backend. Required.",
+        "argument becomes the port siesta chose for the backend. Required for the local "
+        "provider.",
     )
     ready: ReadyConf = Field(
         default=ReadyConf(tcp=True),
@@ -389,6 +390,18 @@ class TemplateConf(_Model):
         description="An activity probe filling the `app` signal of policies: {preset: "
         'jupyter, every: 30s} or {http: "/status", every: 30s, map: {...}}. Unset by '
         "default: the app is not asked, only traffic is seen.",
+    )
+    provider: Literal["local", "keda"] = Field(
+        default="local",
+        description="Where the backend runs: `local` (a process siesta starts from "
+        "`command`) or `keda` (a Kubernetes workload KEDA scales, reached at `address`). "
+        "local by default: it needs nothing but this machine.",
+    )
+    address: str | None = Field(
+        default=None,
+        description="Where a `keda` backend answers, {session} filled in, e.g. "
+        '"http://nb-{session}.sessions.svc:8888" (the session\'s Service). Required for '
+        "the keda provider.",
     )
 
     @field_validator("cwd")
@@ -520,6 +533,43 @@ class PolicyConf(_Model):
         )
 
 
+class TlsConf(_Model):
+    """A server certificate and its key, as PEM files."""
+
+    cert: Path = Field(description="PEM certificate chain; relative to the config's folder.")
+    key: Path = Field(description="PEM private key; relative to the config's folder.")
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolved(value, info)
+
+
+class KedaConf(_Model):
+    """The KEDA External Scaler service siesta serves (`externalscaler.ExternalScaler`)."""
+
+    listen: str = Field(
+        default="127.0.0.1:9090",
+        description="host:port of the gRPC server KEDA's `scalerAddress` points at. "
+        "127.0.0.1:9090 by default: 9090 is the port KEDA's examples use; bind 0.0.0.0 "
+        "in a cluster.",
+    )
+    tls: TlsConf | None = Field(
+        default=None, description="Serve TLS with {cert, key}. Unset by default: plaintext."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """`listen` as (host, port)."""
+        return parse_listen(self.listen)
+
+
 class Config(_Model):
     """The siesta config file."""
 
@@ -545,6 +595,11 @@ class Config(_Model):
         default_factory=dict,
         description="Inactivity policies by name; a template names one with `policy`.",
     )
+    keda: KedaConf | None = Field(
+        default=None,
+        description="KEDA's External Scaler gRPC service: {listen: 127.0.0.1:9090, tls: "
+        "{cert, key}}. Unset by default: not served.",
+    )
     _path: Path | None = PrivateAttr(None)
     _policies: dict[str, Policy] = PrivateAttr(default_factory=dict)
 
@@ -561,6 +616,7 @@ class Config(_Model):
             if conf.template not in self.templates
         ]
         unknown += self._link_policies()
+        unknown += _provider_problems(self.templates)
         if unknown:
             raise _NestedProblems(unknown)
         self._path = (info.context or {}).get("path")
@@ -607,6 +663,20 @@ class Config(_Model):
     def log_dir(self) -> Path:
         """Where backends' logs go."""
         return self.state_dir / "logs"
+
+
+def _provider_problems(templates: dict[str, TemplateConf]) -> list[tuple[Loc, str]]:
+    """A local template needs a command, a keda one an address (and no command)."""
+    problems: list[tuple[Loc, str]] = []
+    for name, template in templates.items():
+        if template.provider == "local" and not template.command:
+            problems.append((("templates", name, "command"), "is required"))
+        elif template.provider == "keda" and template.address is None:
+            problems.append((("templates", name, "address"), "is required by provider keda"))
+        elif template.provider == "keda" and template.command:
+            message = "not used by provider keda: Kubernetes runs the backend"
+            problems.append((("templates", name, "command"), message))
+    return problems
 
 
 def _app_problems(name: str, template: TemplateConf, policy: Policy) -> list[tuple[Loc, str]]:
