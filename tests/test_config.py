@@ -370,3 +370,22 @@ def test_every_field_is_described() -> None:
 
     for model in models:
         assert all(field.get("description") for field in model["properties"].values())
+
+
+def test_keda_provider_needs_a_keda_section(tmp_path: Path) -> None:
+    """A `provider: keda` template without a `keda:` section is refused at its provider key."""
+    found = problems(
+        tmp_path,
+        """\
+        templates:
+          web: {command: [x]}
+          nb:
+            address: "http://nb-{session}.sessions.svc:8888"
+            provider: keda
+        """,
+    )
+
+    assert found == [
+        "5 templates.nb.provider: provider keda needs a keda: section "
+        "(the External Scaler KEDA asks, e.g. keda: {listen: '0.0.0.0:9090'})"
+    ]

@@ -22,10 +22,16 @@ import pytest
 
 from siesta.app import Siesta
 from siesta.config import Config, ConfigError, parse_config
+from siesta.controller import Controller
+from siesta.core.model import State
 from siesta.keda import externalscaler_pb2 as pb
 from siesta.keda import externalscaler_pb2_grpc as pb_grpc
+from siesta.keda.scaler import ExternalScaler
+from siesta.lifecycle import Lifecycle
 from siesta.providers.base import StartError
-from siesta.providers.keda import endpoint_of
+from siesta.providers.keda import KedaProvider, endpoint_of
+from siesta.store.sqlite import SqliteStore
+from siesta.testing import FakeClock
 
 from .conftest import free_port
 
@@ -87,7 +93,10 @@ def _config(tmp_path: Path, service_port: int) -> Config:
                 "wake_timeout": "20s",
                 "routing": "path",
             },
-            "keda": {"listen": f"127.0.0.1:{free_port()}"},
+            "keda": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "scaled_objects": {"sessions/nb-mapped": "alice"},
+            },
             "store": str(tmp_path / "state" / "state.db"),
             "templates": {
                 "nb": {
@@ -212,6 +221,16 @@ async def test_errors_name_the_scaled_object(
         assert words in (caught.value.details() or "")
 
 
+async def test_a_config_mapping_names_the_session_of_a_scaled_object(
+    stub: pb_grpc.ExternalScalerStub,
+) -> None:
+    """A trigger without `session` metadata: keda.scaled_objects maps its namespace/name."""
+    mapped = pb.ScaledObjectRef(name="nb-mapped", namespace="sessions")
+    assert (await stub.IsActive(mapped)).result is False
+    spec = await stub.GetMetricSpec(mapped)
+    assert [m.metricName for m in spec.metricSpecs] == ["siesta-alice"]
+
+
 async def test_unknown_metric_is_not_found(stub: pb_grpc.ExternalScalerStub) -> None:
     """A metric name that is not the session's is NOT_FOUND, naming the right one."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -296,6 +315,56 @@ async def test_1000_streams_with_bounded_memory(
             break
         await asyncio.sleep(0.05)
     assert servicer.stream_count == 0
+
+
+async def test_is_active_follows_the_policy_on_a_fake_clock(
+    tmp_path: Path, service: StandInService
+) -> None:
+    """A real lifecycle and controller on a fake clock: awake -> IsActive true; past
+    idle_timeout the controller puts the session to sleep -> IsActive false."""
+    config = Config.model_validate(
+        {
+            "store": str(tmp_path / "state.db"),
+            "templates": {
+                "nb": {
+                    "provider": "keda",
+                    "address": f"http://127.0.0.1:{service.port}",
+                    "ready": {"http": "/"},
+                    "idle_timeout": "15m",
+                    "stop_grace": "1s",
+                }
+            },
+            "keda": {"listen": "127.0.0.1:9090"},
+            "sessions": {"alice": {"template": "nb"}},
+        }
+    )
+    clock = FakeClock()
+    store = SqliteStore(config.store)
+    provider = KedaProvider(config.templates)
+    lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
+    await lifecycle.start(config.sessions)
+    controller = Controller(lifecycle, config.template_policies(), provider=provider, clock=clock)
+    servicer = ExternalScaler(lifecycle)
+    try:
+        assert (await servicer.IsActive(ref(), None)).result is False
+        service.scale_up()  # the workload KEDA would scale up answers at the address
+        session = await lifecycle.wake("alice", "test")
+        assert session.state is State.AWAKE
+        assert (await servicer.IsActive(ref(), None)).result is True
+        clock.advance(15 * 60 - 0.1)
+        assert await controller.tick() == []
+        assert (await servicer.IsActive(ref(), None)).result is True
+        clock.advance(0.1)
+        assert await controller.tick() == ["alice"]
+        await controller.close()
+        assert session.state is State.ASLEEP
+        assert (await servicer.IsActive(ref(), None)).result is False
+        metrics = await servicer.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref()), None)
+        assert metrics.metricValues[0].metricValueFloat == 0.0
+    finally:
+        await controller.close()
+        await lifecycle.shutdown()
+        store.close()
 
 
 def test_endpoint_from_address() -> None:

@@ -57,7 +57,9 @@ class Siesta:
         )
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
-            ScalerServer(ExternalScaler(self.lifecycle)) if config.keda is not None else None
+            ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
+            if config.keda is not None
+            else None
         )
         self.scaler_address: tuple[str, int] | None = None
         self.admin = (

@@ -557,6 +557,12 @@ class KedaConf(_Model):
     tls: TlsConf | None = Field(
         default=None, description="Serve TLS with {cert, key}. Unset by default: plaintext."
     )
+    scaled_objects: dict[str, Name] = Field(
+        default_factory=dict,
+        description="Sessions of ScaledObjects whose trigger has no `session` metadata, by "
+        '"namespace/name", e.g. {"sessions/nb-alice": alice}. Empty by default: the '
+        "trigger names its session.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -617,6 +623,12 @@ class Config(_Model):
         ]
         unknown += self._link_policies()
         unknown += _provider_problems(self.templates)
+        if self.keda is None:
+            unknown += [
+                (("templates", name, "provider"), _NO_KEDA)
+                for name, template in self.templates.items()
+                if template.provider == "keda"
+            ]
         if unknown:
             raise _NestedProblems(unknown)
         self._path = (info.context or {}).get("path")
@@ -663,6 +675,12 @@ class Config(_Model):
     def log_dir(self) -> Path:
         """Where backends' logs go."""
         return self.state_dir / "logs"
+
+
+_NO_KEDA = (
+    "provider keda needs a keda: section (the External Scaler KEDA asks, e.g. "
+    "keda: {listen: '0.0.0.0:9090'})"
+)
 
 
 def _provider_problems(templates: dict[str, TemplateConf]) -> list[tuple[Loc, str]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,8 +56,9 @@ def is_active(session: Session) -> bool:
 class ExternalScaler(pb_grpc.ExternalScalerServicer):
     """`externalscaler.ExternalScaler` over the lifecycle's sessions."""
 
-    def __init__(self, sessions: Sessions):
+    def __init__(self, sessions: Sessions, scaled_objects: Mapping[str, str] | None = None):
         self._sessions = sessions
+        self._by_object = dict(scaled_objects or {})  # "namespace/name" -> session
         self._streams: dict[str, set[asyncio.Queue[None]]] = {}
         sessions.listeners.append(self._moved)
 
@@ -71,12 +72,16 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
 
     async def _session(self, ref: Any, context: Any) -> Session:
         where = f"ScaledObject {ref.namespace}/{ref.name}"
-        sid = ref.scalerMetadata.get(SESSION_KEY)
+        sid: str | None = ref.scalerMetadata.get(SESSION_KEY) or self._by_object.get(
+            f"{ref.namespace}/{ref.name}"
+        )
         if not sid:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{where}: the trigger's metadata has no {SESSION_KEY!r} key",
+                f"{where}: the trigger's metadata has no {SESSION_KEY!r} key"
+                " (and keda.scaled_objects does not name its session)",
             )
+        assert sid is not None
         session = self._sessions.get(sid)
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"{where}: no session {sid!r}")
