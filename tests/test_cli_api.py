@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
@@ -104,7 +103,6 @@ def test_events_follow_prints_new_events(running: SiestaProcess) -> None:
         env=env,
     )
     try:
-        time.sleep(1.5)  # the follower connects; a wake before that is listed, not streamed
         assert httpx.get(running.url("alice"), timeout=30).status_code == 200
         assert follower.stdout is not None
         first, second = follower.stdout.readline(), follower.stdout.readline()

@@ -8,9 +8,12 @@ import signal
 import sys
 
 import httpx
+import pytest
 
 from siesta.core.model import State
 
+from .admin import client as admin_client
+from .admin import launch_admin
 from .conftest import Launcher, backend_template, slow_start_template, wait_for
 
 
@@ -90,19 +93,23 @@ def test_repeated_start_failures_make_the_session_failed(siesta: Launcher) -> No
 
 
 def test_backend_killed_mid_request_gives_502_and_next_request_wakes_it(
-    siesta: Launcher,
+    siesta: Launcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killing the backend under a request in flight answers 502 with a reason; the
     session goes to sleep and the next request starts a new backend."""
-    run = siesta()
+    run, admin_base = launch_admin(siesta, monkeypatch)
     assert httpx.get(run.url("alice"), timeout=30).status_code == 200
     pid = run.records()["alice"].pid
     assert pid
 
+    def in_flight() -> bool:
+        with admin_client(admin_base) as api:
+            return bool(api.get("/api/sessions/alice").json()["inflight"] == 1)
+
     async def slow_request_then_kill() -> httpx.Response:
         async with httpx.AsyncClient(timeout=30) as client:
             pending = asyncio.ensure_future(client.get(run.url("alice", "/slow?s=30")))
-            await asyncio.sleep(0.3)  # let the request reach the backend (not a sync point)
+            await asyncio.to_thread(wait_for, in_flight, 15.0, "the slow request in flight")
             os.kill(pid, signal.SIGKILL)
             return await pending
 

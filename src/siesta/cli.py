@@ -355,7 +355,9 @@ def events(
             _print_event(event)
         if not follow:
             return
-        since = past[-1]["at"] if past else time.time()
+        # Everything after the last event listed (or all, when none was): an event that
+        # happens while the stream connects is replayed, never lost.
+        since = past[-1]["at"] if past else 0.0
         for event in client.stream(session, since=since):
             _print_event(event)
     except AdminError as exc:
