@@ -92,7 +92,7 @@ def up(
     listener = _logging(verbose)
     install_uvloop()
 
-    def announce(app_: object) -> None:
+    def announce(_app: object) -> None:
         gw = conf.gateway
         from siesta._native import COMPILED
 

@@ -49,11 +49,6 @@ class Activity:
     bytes: int = 0
     held: int = 0
 
-    def touch(self, now: float, nbytes: int) -> None:
-        """Record `nbytes` moving for this session at `now`."""
-        self.last_activity = now
-        self.bytes += nbytes
-
 
 @dataclass(slots=True)
 class Session:

@@ -118,8 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.flush()
             return
         self._done = False
-        self.sink = self.activity = None
-        sink.response_done()
+        self._complete()
         sink.flush()
         self._recycle()
 
