@@ -8,6 +8,7 @@ becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
@@ -606,6 +607,14 @@ class Config(_Model):
         description="KEDA's External Scaler gRPC service: {listen: 127.0.0.1:9090, tls: "
         "{cert, key}}. Unset by default: not served.",
     )
+    instance: Name | None = Field(
+        default=None,
+        description="Name of this siesta deployment. It marks what siesta starts (container "
+        "labels, the backend's environment), so that after a restart siesta recognises its "
+        "own backends and leaves those of another siesta alone; replicas that share a store "
+        "share it. Unset by default: derived from the store's location, which is what "
+        "identifies a deployment.",
+    )
     _path: Path | None = PrivateAttr(None)
     _policies: dict[str, Policy] = PrivateAttr(default_factory=dict)
 
@@ -675,6 +684,14 @@ class Config(_Model):
     def log_dir(self) -> Path:
         """Where backends' logs go."""
         return self.state_dir / "logs"
+
+    @property
+    def instance_id(self) -> str:
+        """`instance`, or a stable name derived from the store's location."""
+        if self.instance is not None:
+            return self.instance
+        digest = hashlib.sha256(str(self.store).encode()).hexdigest()[:12]
+        return f"siesta-{digest}"
 
 
 _NO_KEDA = (

@@ -14,6 +14,13 @@ State rules:
 - `adopt` is called once at start-up with what the store remembers; it returns the
   backends that are still running and provably the same (pid *and* start time), and
   watches them from then on.
+- `usage` answers the backend's cumulative CPU time and current memory, or None when
+  it is not running or the provider cannot measure it (`measures(template)` says which
+  ahead, so the config check can refuse rules over `cpu_percent` / `memory_bytes`).
+  Window averages (`cpu_percent`) are computed by the caller from successive answers,
+  never by the provider, so when or how often it is asked changes nothing.
+- `logs` answers the last lines of the backend's output (for `siesta logs` and the
+  failure page); an empty string when there is none.
 """
 
 from __future__ import annotations
@@ -46,6 +53,19 @@ class BackendStatus:
     memory_bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A backend's resource use as measured now.
+
+    `cpu_seconds` is the CPU time (user + system) used by the whole backend (every
+    process of it, or the whole container) since it started: it only grows.
+    `memory_bytes` is the whole backend's resident memory right now.
+    """
+
+    cpu_seconds: float
+    memory_bytes: int
+
+
 class StartError(Exception):
     """The backend could not be launched; the message is safe to show to users."""
 
@@ -75,6 +95,18 @@ class Provider(Protocol):
 
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
         """Take over the backends from `candidates` that still run; return those."""
+        ...
+
+    def measures(self, template: str) -> bool:
+        """Whether `usage` can answer for backends of `template`."""
+        ...
+
+    async def usage(self, session: str) -> Usage | None:
+        """The backend's cumulative CPU time and current memory; None if not running."""
+        ...
+
+    async def logs(self, session: str, lines: int = 100) -> str:
+        """The last `lines` lines of the backend's output ("" when there is none)."""
         ...
 
     async def close(self) -> None:

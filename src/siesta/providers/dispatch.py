@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from .base import BackendStatus, ExitHandler, Provider, RunningBackend
+from .base import BackendStatus, ExitHandler, Provider, RunningBackend, Usage
 
 
 class ByTemplate:
@@ -53,6 +53,17 @@ class ByTemplate:
                 adopted.setdefault(backend.session, backend)
                 self._by_session.setdefault(backend.session, provider)
         return list(adopted.values())
+
+    def measures(self, template: str) -> bool:
+        return self._providers[self._provider_of[template]].measures(template)
+
+    async def usage(self, session: str) -> Usage | None:
+        provider = self._by_session.get(session)
+        return None if provider is None else await provider.usage(session)
+
+    async def logs(self, session: str, lines: int = 100) -> str:
+        provider = self._by_session.get(session)
+        return "" if provider is None else await provider.logs(session, lines)
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self._providers.values()))

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from siesta.core.model import Endpoint
 
-from .base import BackendStatus, ExitHandler, RunningBackend, StartError
+from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -73,6 +73,16 @@ class KedaProvider:
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
         """Keeps nothing: after a restart, sessions wake again through KEDA."""
         return []
+
+    def measures(self, template: str) -> bool:
+        """No: siesta does not read the cluster's metrics in this mode."""
+        return False
+
+    async def usage(self, session: str) -> Usage | None:
+        return None
+
+    async def logs(self, session: str, lines: int = 100) -> str:
+        return ""  # the pod's log is Kubernetes' to show (kubectl logs)
 
     async def close(self) -> None:
         self._active.clear()

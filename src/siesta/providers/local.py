@@ -23,7 +23,7 @@ import psutil
 
 from siesta.core.model import Endpoint
 
-from .base import BackendStatus, ExitHandler, RunningBackend, StartError
+from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
 
 # psutil's start times come from /proc in clock ticks: equal within this for one process.
 SAME_START = 0.05
@@ -159,6 +159,27 @@ class LocalProvider:
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
         return [c for c in candidates if self._adopt_one(c)]
 
+    def measures(self, template: str) -> bool:
+        return True
+
+    async def usage(self, session: str) -> Usage | None:
+        proc = self._procs.get(session)
+        if proc is None:
+            return None
+        try:
+            group = _group(proc)
+            cpu = 0.0
+            for p in group:
+                times = p.cpu_times()
+                cpu += times.user + times.system + times.children_user + times.children_system
+            memory = sum(p.memory_info().rss for p in group)
+        except psutil.Error:
+            return None
+        return Usage(cpu_seconds=cpu, memory_bytes=memory)
+
+    async def logs(self, session: str, lines: int = 100) -> str:
+        return tail(self._log_dir / f"{session}.log", lines)
+
     def _adopt_one(self, candidate: RunningBackend) -> bool:
         pid, started = candidate.pid, candidate.pid_started
         if pid is None or started is None:
@@ -192,6 +213,19 @@ def _group(proc: _Process) -> list[psutil.Process]:
     meters.clear()
     meters.update(current)
     return list(current.values())
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of the file at `path` ("" when it does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * lines))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 def fill(text: str, values: Mapping[str, str]) -> str:
