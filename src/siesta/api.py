@@ -44,6 +44,7 @@ from siesta.core.duration import format_duration
 from siesta.core.model import Session, State, Transition
 from siesta.core.policy import SIGNALS, Decision, EvaluationError, Policy, Rule, Signals
 from siesta.lifecycle import Lifecycle, SessionExists, UnknownTemplate, WakeError
+from siesta.logs_api import LogReader, logs_route, openapi_path
 from siesta.metrics import SiestaMetrics
 from siesta.store.base import Store
 
@@ -385,6 +386,10 @@ def _plain(value: Any) -> Any:
 # -- the endpoints ------------------------------------------------------------------
 
 
+async def _no_logs(session: str, lines: int) -> str:
+    return ""
+
+
 class AdminApi:
     """The routes, over the lifecycle, the store and the metrics."""
 
@@ -395,12 +400,14 @@ class AdminApi:
         metrics: SiestaMetrics,
         hub: EventHub,
         controller: Callable[[], object | None],
+        logs: LogReader = _no_logs,
     ):
         self.lifecycle = lifecycle
         self.store = store
         self.metrics = metrics
         self.hub = hub
         self._controller = controller
+        self._logs = logs
 
     def app(self, token: str) -> Starlette:
         """The ASGI app, with `token` required on every `/api/` route."""
@@ -415,6 +422,7 @@ class AdminApi:
             Route("/api/sessions/{id}/wake", self.wake, methods=["POST"]),
             Route("/api/sessions/{id}/sleep", self.sleep, methods=["POST"]),
             Route("/api/sessions/{id}/explain", self.explain, methods=["GET"]),
+            logs_route(self.lifecycle, self._logs),
             Route("/api/events", self.events, methods=["GET"]),
             Route("/api/events/stream", self.stream, methods=["GET"]),
             Route("/api/savings", self.savings, methods=["GET"]),
@@ -623,11 +631,12 @@ class AdminServer:
         *,
         held: Callable[[], int],
         controller: Callable[[], object | None],
+        logs: LogReader = _no_logs,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
         self.hub = EventHub(lifecycle)
-        self.api = AdminApi(lifecycle, store, self.metrics, self.hub, controller)
+        self.api = AdminApi(lifecycle, store, self.metrics, self.hub, controller, logs)
         self.token = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -936,6 +945,7 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/api/sessions/{id}/logs": openapi_path(_SESSION_ID, _ERR, _answer),
         "/api/events": {
             "get": {
                 "summary": "Stored events, oldest first",

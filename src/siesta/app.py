@@ -71,6 +71,7 @@ class Siesta:
                 self.store,
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
+                logs=self.provider.logs,
             )
             if admin
             else None

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -555,7 +556,7 @@ class DockerProvider:
         return found if found is not None and found.image is not None else None
 
     def _host(self) -> str:
-        return self._url or (self._client.docker_host if self._client else "DOCKER_HOST")
+        return self._url or os.environ.get("DOCKER_HOST") or "the default socket"
 
     def _host_words(self, exc: Exception) -> str:
         if isinstance(exc, TimeoutError):
