@@ -8,7 +8,7 @@ hub and the controller, and `session: PathSession` for the session named by `{id
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from siesta.api.events import EventHub
 
 
+async def no_logs(session: str, lines: int) -> str:
+    """The log reader when siesta has no provider to ask (tests of the API alone)."""
+    return ""
+
+
 @dataclass(frozen=True)
 class Services:
     """siesta's parts the admin API works through."""
@@ -35,6 +40,8 @@ class Services:
     hub: EventHub
     controller: Callable[[], object | None]
     """The controller once it runs (None before): read `next_due`, `policy_of`, ..."""
+    logs: Callable[[str, int], Awaitable[str]] = no_logs
+    """`Provider.logs`: (session, lines) -> the last lines of its backend's output."""
 
     def next_due(self, session_id: str) -> float | None:
         """The controller's next policy check of a session (monotonic), if it knows one."""

@@ -153,3 +153,11 @@ class Savings(BaseModel):
     at: float = Field(description="seconds since the epoch")
     sessions: dict[str, Usage]
     total: Usage
+
+
+class LogLines(BaseModel):
+    """The last lines of a session's backend log."""
+
+    session: str = Field(description="the session id")
+    lines: int = Field(description="how many lines were asked for")
+    log: str = Field(description="the last lines, oldest first")
