@@ -37,7 +37,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from siesta import ledger
 from siesta.adminclient import TOKEN_ENV, TOKEN_FILE
 from siesta.config import NAME_PATTERN, Config
 from siesta.core.duration import format_duration
@@ -45,6 +44,8 @@ from siesta.core.model import Session, State, Transition
 from siesta.core.policy import SIGNALS, Decision, EvaluationError, Policy, Rule, Signals
 from siesta.lifecycle import Lifecycle, SessionExists, UnknownTemplate, WakeError
 from siesta.metrics import SiestaMetrics
+from siesta.savings import ui as savings_ui
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 log = logging.getLogger("siesta.api")
@@ -209,18 +210,6 @@ def event_json(event: Transition) -> dict[str, Any]:
         "new": event.new.value,
         "reason": event.reason,
         "wake_seconds": event.wake_seconds,
-    }
-
-
-def usage_json(usage: ledger.Usage) -> dict[str, Any]:
-    """A ledger entry as the API shows it."""
-    return {
-        "awake_seconds": usage.awake_seconds,
-        "asleep_seconds": usage.asleep_seconds,
-        "always_on_seconds": usage.always_on_seconds,
-        "saved_fraction": usage.saved_fraction,
-        "wakes": usage.wakes,
-        "sleeps": usage.sleeps,
     }
 
 
@@ -395,14 +384,16 @@ class AdminApi:
         metrics: SiestaMetrics,
         hub: EventHub,
         controller: Callable[[], object | None],
+        savings: savings_ui.SavingsApi | None = None,
     ):
         self.lifecycle = lifecycle
         self.store = store
         self.metrics = metrics
         self.hub = hub
         self._controller = controller
+        self.savings = savings
 
-    def app(self, token: str) -> Starlette:
+    def app(self, token: str) -> ASGIApp:
         """The ASGI app, with `token` required on every `/api/` route."""
         routes = [
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -417,13 +408,14 @@ class AdminApi:
             Route("/api/sessions/{id}/explain", self.explain, methods=["GET"]),
             Route("/api/events", self.events, methods=["GET"]),
             Route("/api/events/stream", self.stream, methods=["GET"]),
-            Route("/api/savings", self.savings, methods=["GET"]),
+            *(self.savings.routes() if self.savings is not None else ()),
         ]
-        return Starlette(
+        app = Starlette(
             routes=routes,
             middleware=[Middleware(_BearerAuth, token=token)],
             exception_handlers={HTTPException: _http_error, Exception: _server_error},
         )
+        return savings_ui.BrowserLogin(app, token)
 
     def _session(self, request: Request) -> Session:
         sid = request.path_params["id"]
@@ -547,20 +539,6 @@ class AdminApi:
                 if not events:
                     yield ": keep-alive\n\n"
 
-    async def savings(self, request: Request) -> Response:
-        """Per session and in total: awake, asleep and always-on seconds."""
-        now = time.time()
-        since = {s.id: s.created for s in self.lifecycle.sessions.values() if s.created > 0}
-        events = [e for e in self.store.events(limit=2**62) if e.session in since]
-        per = ledger.usage(events, now, since)
-        return JSONResponse(
-            {
-                "at": now,
-                "sessions": {sid: usage_json(u) for sid, u in sorted(per.items())},
-                "total": usage_json(ledger.total(per.values())),
-            }
-        )
-
 
 def _sse_event(event: Transition) -> str:
     return f"id: {event.at!r}\nevent: transition\ndata: {json.dumps(event_json(event))}\n\n"
@@ -623,11 +601,15 @@ class AdminServer:
         *,
         held: Callable[[], int],
         controller: Callable[[], object | None],
+        ledger: LedgerKeeper | None = None,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
         self.hub = EventHub(lifecycle)
-        self.api = AdminApi(lifecycle, store, self.metrics, self.hub, controller)
+        savings = None
+        if ledger is not None:
+            savings = savings_ui.SavingsApi(ledger, config, lambda: lifecycle.sessions)
+        self.api = AdminApi(lifecycle, store, self.metrics, self.hub, controller, savings)
         self.token = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -809,16 +791,6 @@ _SCHEMAS: dict[str, Any] = {
         },
         ["session", "state", "policy", "rules"],
     ),
-    "Usage": _object(
-        {
-            "awake_seconds": {"type": "number"},
-            "asleep_seconds": {"type": "number"},
-            "always_on_seconds": {"type": "number"},
-            "saved_fraction": {"type": "number"},
-            "wakes": {"type": "integer"},
-            "sleeps": {"type": "integer"},
-        }
-    ),
 }
 
 _SINCE = {
@@ -970,26 +942,6 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/api/savings": {
-            "get": {
-                "summary": "Awake, asleep and always-on seconds, per session and in total",
-                "responses": {
-                    "200": _answer(
-                        "the ledger",
-                        _object(
-                            {
-                                "at": {"type": "number"},
-                                "sessions": {
-                                    "type": "object",
-                                    "additionalProperties": _ref("Usage"),
-                                },
-                                "total": _ref("Usage"),
-                            }
-                        ),
-                    ),
-                    **_UNAUTHORIZED,
-                },
-            }
-        },
+        **savings_ui.OPENAPI_PATHS,
     },
 }

@@ -29,6 +29,7 @@ from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.sqlite import SqliteStore
 
 log = logging.getLogger("siesta")
@@ -55,6 +56,7 @@ class Siesta:
             self.provider,
             start_timeout=config.gateway.wake_timeout,
         )
+        self.ledger = LedgerKeeper(self.store, self.lifecycle)  # before start: sees re-adoptions
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
@@ -69,6 +71,7 @@ class Siesta:
                 self.store,
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
+                ledger=self.ledger,
             )
             if admin
             else None
