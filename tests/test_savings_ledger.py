@@ -56,7 +56,7 @@ def test_accounts_are_kept_per_event_and_survive_a_restart(tmp_path: Path) -> No
     store = SqliteStore(tmp_path / "state.db")
     life = Lifecycle()
     life.add("alice", created=1000.0)
-    keeper = LedgerKeeper(store, life, clock=lambda: 2000.0)
+    LedgerKeeper(store, life, clock=lambda: 2000.0)
     for event in cycle("alice", 1000.0):
         life.emit(event)
     assert store.accounts()[0].wakes == 1
@@ -147,7 +147,8 @@ def test_savings_reads_accounts_never_the_event_log(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_store_keeps_the_account_in_memory(tmp_path: Path) -> None:
-    """A store write that fails (here: the connection made read-only) is logged; the account in memory stays right, and the next good write stores it."""
+    """A store write that fails (here: the connection made read-only) is logged; the
+    account in memory stays right, and the next good write stores it."""
     path = tmp_path / "state.db"
     store = SqliteStore(path)
     life = Lifecycle()
