@@ -24,6 +24,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
 from siesta.ledger import DAY, HOURS, Account
 
 from .carbon import Profile
@@ -220,3 +225,49 @@ def _advice_json(advice: Advice) -> dict[str, Any]:
             "kg_co2e_per_month_now": window.kg_co2e_per_month_now,
         },
     }
+
+
+def render(advice: list[Advice]) -> RenderableType:
+    """The advice as Rich tables: per template, each region's month, best first."""
+    parts: list[RenderableType] = []
+    for item in advice:
+        table = Table(
+            title=f"{item.template}: {item.sessions} session(s), "
+            f"{item.awake_hours_per_day:.2f} awake h a day each, "
+            f"{item.kwh_per_month:.3f} kWh a month",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        for name in ("region", "$ / month", "kg CO2e / month", "g CO2e / kWh", ""):
+            table.add_column(name, justify="left" if name == "region" else "right")
+        cheapest = item.cheapest
+        for choice in item.locations:
+            marks = []
+            if choice is item.best:
+                marks.append("cleanest")
+            if cheapest is not None and choice.location == cheapest.location:
+                marks.append("cheapest")
+            table.add_row(
+                choice.location,
+                f"{choice.usd_per_month:.2f}",
+                f"{choice.kg_co2e_per_month:.3f}",
+                f"{choice.g_co2e_per_kwh:.0f}",
+                ", ".join(marks),
+            )
+        parts.append(table)
+        window = item.window
+        if window is not None:
+            end = (window.start_hour_utc + window.duration_h) % HOURS
+            parts.append(
+                Text(
+                    f"best hours for its work in {window.location}: "
+                    f"{window.start_hour_utc:02d}:00-{end:02d}:00 UTC "
+                    f"({window.g_co2e_per_kwh:.0f} g CO2e/kWh): "
+                    f"{window.kg_co2e_per_month:.3f} kg CO2e a month instead of "
+                    f"{window.kg_co2e_per_month_now:.3f} at its present hours"
+                )
+            )
+    if not parts:
+        parts.append(Text("no sessions yet: nothing to advise on"))
+    return Group(*parts)

@@ -16,7 +16,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from siesta.ledger import HOURS, Account
+from siesta.core.model import Transition
+from siesta.ledger import HOURS, RUNNING, Account
 
 from . import carbon
 from .costing import Costed, Model, total
@@ -186,17 +187,7 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
 
 
-_COLUMNS = (
-    "awake h",
-    "of h",
-    "awake",
-    "wakes",
-    "wake p50",
-    "wake p95",
-    "cost",
-    "saved $",
-    "saved CO2e",
-)
+_COLUMNS = ("awake h", "of h", "share", "wakes", "p50", "p95", "cost", "saved", "CO2e saved")
 
 
 def _row(line: Line) -> list[str]:
@@ -244,6 +235,33 @@ def render(report: Report) -> RenderableType:
     )
 
 
-def counts(report: Report) -> Mapping[str, int]:
-    """How many sessions and templates the report covers."""
-    return {"sessions": len(report.sessions), "templates": len(report.templates)}
+def awake_spans(
+    events: Iterable[Transition],
+    start: float,
+    end: float,
+    running: Mapping[str, bool],
+) -> dict[str, list[tuple[float, float]]]:
+    """Each session's awake spans within [start, end], for the timeline chart.
+
+    `events` are those after `start`; a session's state before its first one is that
+    event's old state, and a session without events kept its state now (`running`)
+    all along.
+    """
+    by_session: dict[str, list[Transition]] = {sid: [] for sid in running}
+    for event in events:
+        by_session.setdefault(event.session, []).append(event)
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for sid, found in by_session.items():
+        found.sort(key=lambda e: e.at)
+        began = start if (found[0].old in RUNNING if found else running.get(sid)) else None
+        spans[sid] = []
+        for event in found:
+            at = min(max(event.at, start), end)
+            if event.new in RUNNING and began is None:
+                began = at
+            elif event.new not in RUNNING and began is not None:
+                spans[sid].append((began, at))
+                began = None
+        if began is not None:
+            spans[sid].append((began, end))
+    return spans
