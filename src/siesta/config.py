@@ -35,6 +35,7 @@ from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import parse_duration
 from siesta.core.policy import Policy, PolicyError, Rule, Warn, check_app, compile_rule
 from siesta.core.routing import RoutingMode
+from siesta.savings.settings import ResourcesConf, SavingsConf
 
 Loc = tuple[str | int, ...]
 """Where a value sits in the config: mapping keys and list indices, outermost first."""
@@ -419,6 +420,13 @@ class TemplateConf(_Model):
         '"http://nb-{session}.sessions.svc:8888" (the session\'s Service). Required for '
         "the keda provider.",
     )
+    resources: ResourcesConf | None = Field(
+        default=None,
+        description='What a backend reserves: {cpu: 0.5, memory: "512Mi"} (Kubernetes '
+        "quantities). The savings report prices an always-on backend at this size, and "
+        "a backend whose use is not measured (keda) at this size while awake. Unset by "
+        "default: the measured peak is used.",
+    )
 
     # -- provider docker: the container of each session (docs/docker.md) --------------
     image: str | None = Field(
@@ -719,6 +727,11 @@ class Config(_Model):
         default=None,
         description="KEDA's External Scaler gRPC service: {listen: 127.0.0.1:9090, tls: "
         "{cert, key}}. Unset by default: not served.",
+    )
+    savings: SavingsConf = Field(
+        default=SavingsConf(),
+        description="Prices, energy coefficients and grid intensity for what sleeping "
+        "saved (siesta report, siesta advise, /api/savings). Every default is cited.",
     )
     instance: Name | None = Field(
         default=None,

@@ -16,9 +16,11 @@ from fastapi import Depends, Path, Request
 
 from siesta.api.errors import ApiProblem
 from siesta.api.models import SessionInfo
+from siesta.config import Config
 from siesta.core.model import Session, State
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 if TYPE_CHECKING:
@@ -42,6 +44,10 @@ class Services:
     """The controller once it runs (None before): read `next_due`, `policy_of`, ..."""
     logs: Callable[[str, int], Awaitable[str]] = no_logs
     """`Provider.logs`: (session, lines) -> the last lines of its backend's output."""
+    ledger: LedgerKeeper | None = None
+    """The savings ledger (`siesta.savings.keeper`), read by /api/savings and the dashboard."""
+    config: Config | None = None
+    """The config siesta runs with (the savings section, the templates' resources)."""
 
     def next_due(self, session_id: str) -> float | None:
         """The controller's next policy check of a session (monotonic), if it knows one."""
