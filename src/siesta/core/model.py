@@ -7,6 +7,7 @@ the hot path (plain attribute writes, no locks: one event loop owns it).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -40,6 +41,11 @@ class Activity:
     direction; `connections` counts client connections currently bound to the
     session (a tunnelled websocket, or a request in flight); `inflight` counts
     requests whose response has not finished.
+
+    `watch` is set by the controller when open connections or requests in flight
+    are what keeps the session awake: whoever lowers `connections` or `inflight`
+    calls `fell()` if it is set, once (it clears itself), so the session is checked
+    again at once instead of being polled.
     """
 
     last_activity: float = 0.0
@@ -48,6 +54,13 @@ class Activity:
     requests: int = 0
     bytes: int = 0
     held: int = 0
+    watch: Callable[[], None] | None = None
+
+    def fell(self) -> None:
+        """`connections` or `inflight` went down: tell the controller, if it asked."""
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch()
 
 
 @dataclass(slots=True)
