@@ -132,7 +132,8 @@ class Controller:
     def _on_awake(self, session: Session) -> None:
         now = self._clock.monotonic()
         activity = session.activity
-        self._rates[session.id] = RateWindow(now, activity.requests, activity.bytes)
+        if self.policy_of(session).variables & RATE_SIGNALS:  # a deque each: only if read
+            self._rates[session.id] = RateWindow(now, activity.requests, activity.bytes)
         self._warned.discard(session.id)
         self._first_check(session, now)
 

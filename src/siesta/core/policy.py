@@ -65,9 +65,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_CANDIDATES = 16  # future instants examined when predicting a sleep
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Signals:
-    """What is known about one awake session at one moment.
+    """What is known about one awake session at one moment (read-only by convention:
+    not frozen, because a frozen dataclass costs microseconds to build, once per check).
 
     Durations are in seconds; `now` is an aware datetime; `at` is the monotonic
     time of the reading, the clock `Decision.next_check` and `sleep_at` are on.
