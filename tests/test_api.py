@@ -25,6 +25,7 @@ PROTECTED = [
     ("POST", "/api/sessions/alice/wake"),
     ("POST", "/api/sessions/alice/sleep"),
     ("GET", "/api/sessions/alice/explain"),
+    ("GET", "/api/sessions/alice/logs"),
     ("GET", "/api/events"),
     ("GET", "/api/events/stream"),
     ("GET", "/api/savings"),
@@ -297,6 +298,34 @@ def test_openapi_describes_every_route(siesta: Launcher, monkeypatch: pytest.Mon
     assert described == expected | {("GET", "/healthz"), ("GET", "/metrics")}
     assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
     assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_openapi_is_generated_from_the_models(
+    siesta: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The document comes from the routes' pydantic models: the session's state is the
+    enum of states, each protected operation documents 401 and each open one none; the
+    docs page is open and loads Swagger UI from siesta itself."""
+    _, base = launch_admin(siesta, monkeypatch)
+    with client(base, None) as api:
+        spec = api.get("/openapi.json").json()
+        page = api.get("/docs")
+        script = api.get("/docs/assets/swagger-ui-bundle.js")
+    schemas = spec["components"]["schemas"]
+    assert schemas["State"]["enum"] == [s.value for s in State]
+    assert schemas["SessionInfo"]["properties"]["state"] == {"$ref": "#/components/schemas/State"}
+    assert set(schemas["NewSession"]["required"]) == {"id", "template"}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            documented = "401" in operation["responses"]
+            assert documented == (path not in ("/healthz", "/metrics")), (method, path)
+    created = spec["paths"]["/api/sessions"]["post"]["responses"]
+    assert {"201", "400", "409", "422"} <= set(created)
+    assert page.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower()
+    assert script.status_code == 200
+    assert len(script.content) > 100_000
 
 
 def test_a_taken_admin_port_is_one_clear_error(
