@@ -569,7 +569,10 @@ class ClientConnection(asyncio.Protocol):
             req.counted = False
             session = req.session
             if session is not None:
-                session.activity.inflight -= 1
+                activity = session.activity
+                activity.inflight -= 1
+                if activity.watch is not None:
+                    activity.fell()  # the controller waits for this to check the policy
 
     def _abandon(self, req: Request) -> None:
         if req.hold is not None:
@@ -585,7 +588,10 @@ class ClientConnection(asyncio.Protocol):
         if old is session:
             return
         if old is not None:
-            old.activity.connections -= 1
+            activity = old.activity
+            activity.connections -= 1
+            if activity.watch is not None:
+                activity.fell()  # the controller waits for this to check the policy
         if session is not None:
             session.activity.connections += 1
         self.session = session
