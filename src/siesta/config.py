@@ -9,6 +9,7 @@ becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
@@ -229,6 +230,26 @@ class GatewayConf(_Model):
         "On shutdown, seconds requests in flight get to finish before their connections "
         "are closed. 10s: well within the 30s termination grace period of Kubernetes.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs, e.g. 10.0.0.0/8 or 127.0.0.1/32) of proxies in front "
+        "of siesta whose X-Forwarded-For, -Proto and -Host are kept (X-Forwarded-For is "
+        "appended to, and its last untrusted address is the client for per-client limits). "
+        "From anyone else these headers are replaced. Empty by default: a client could "
+        "otherwise claim any address or claim https.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{cidr!r} is not an address or network: use e.g. 10.0.0.0/8 or ::1"
+                ) from None
+        return value
 
     @field_validator("listen", "admin_listen")
     @classmethod
