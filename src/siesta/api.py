@@ -43,6 +43,7 @@ from siesta.config import NAME_PATTERN, Config
 from siesta.core.duration import format_duration
 from siesta.core.model import Session, State, Transition
 from siesta.core.policy import SIGNALS, Decision, EvaluationError, Policy, Rule, Signals
+from siesta.health import Health
 from siesta.lifecycle import Lifecycle, SessionExists, UnknownTemplate, WakeError
 from siesta.metrics import SiestaMetrics
 from siesta.store.base import Store
@@ -395,9 +396,11 @@ class AdminApi:
         metrics: SiestaMetrics,
         hub: EventHub,
         controller: Callable[[], object | None],
+        health: Health | None = None,
     ):
         self.lifecycle = lifecycle
         self.store = store
+        self.health = health or lifecycle.health
         self.metrics = metrics
         self.hub = hub
         self._controller = controller
@@ -438,8 +441,12 @@ class AdminApi:
         return session_json(session, time.monotonic(), due if isinstance(due, float) else None)
 
     async def healthz(self, request: Request) -> Response:
-        """Liveness: answers while siesta runs."""
-        return JSONResponse({"status": "ok", "sessions": len(self.lifecycle.sessions)})
+        """Liveness (200 while siesta runs), with each dependency's mode: a degraded
+        store is reported here, not by failing the probe (siesta still serves)."""
+        report = self.health.report()
+        report["sessions"] = len(self.lifecycle.sessions)
+        report["pending_writes"] = self.lifecycle.recorder.pending
+        return JSONResponse(report)
 
     async def prometheus(self, request: Request) -> Response:
         """Prometheus text exposition of `siesta.metrics`."""
@@ -516,7 +523,12 @@ class AdminApi:
         limit = _whole(request, "limit", 1000)
         if not 1 <= limit <= MAX_EVENTS:
             return _error(422, f"limit must be 1 to {MAX_EVENTS}")
-        found = self.store.events(session or None, since, limit)
+        try:
+            found = await self.store.events(session or None, since, limit)
+        except Exception as exc:
+            return _error(
+                503, f"the {self.store.kind} store cannot be read: {exc}", retry_after=5.0
+            )
         return JSONResponse([event_json(e) for e in found])
 
     async def stream(self, request: Request) -> Response:
@@ -535,7 +547,7 @@ class AdminApi:
             yield "retry: 1000\n\n"
             sent: set[Transition] = set()
             if since is not None:
-                for event in self.store.events(session, since, MAX_EVENTS):
+                for event in await self._backlog(session, since):
                     sent.add(event)
                     yield _sse_event(event)
             while not subscription.closed:
@@ -547,11 +559,26 @@ class AdminApi:
                 if not events:
                     yield ": keep-alive\n\n"
 
+    async def _backlog(self, session: str | None, since: float) -> list[Transition]:
+        """Stored events after `since` for a stream that resumes; none when the store
+        cannot be read (the live events still flow)."""
+        try:
+            return await self.store.events(session, since, MAX_EVENTS)
+        except Exception as exc:
+            log.warning("event stream: the backlog could not be read: %s", exc)
+            return []
+
     async def savings(self, request: Request) -> Response:
         """Per session and in total: awake, asleep and always-on seconds."""
         now = time.time()
         since = {s.id: s.created for s in self.lifecycle.sessions.values() if s.created > 0}
-        events = [e for e in self.store.events(limit=2**62) if e.session in since]
+        try:
+            stored = await self.store.events(limit=2**62)
+        except Exception as exc:
+            return _error(
+                503, f"the {self.store.kind} store cannot be read: {exc}", retry_after=5.0
+            )
+        events = [e for e in stored if e.session in since]
         per = ledger.usage(events, now, since)
         return JSONResponse(
             {
@@ -623,11 +650,12 @@ class AdminServer:
         *,
         held: Callable[[], int],
         controller: Callable[[], object | None],
+        health: Health | None = None,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
         self.hub = EventHub(lifecycle)
-        self.api = AdminApi(lifecycle, store, self.metrics, self.hub, controller)
+        self.api = AdminApi(lifecycle, store, self.metrics, self.hub, controller, health)
         self.token = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None

@@ -22,6 +22,7 @@ from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.gateway.server import Gateway
+from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
 from siesta.lifecycle import Lifecycle
 from siesta.probes import Prober
@@ -29,12 +30,14 @@ from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
-from siesta.store.sqlite import SqliteStore
+from siesta.store import open_store
 
 log = logging.getLogger("siesta")
 
 ACTIVITY_FLUSH_EVERY = 2.0  # seconds between writes of last-activity times to the store
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
+RESTART_FIRST = 0.1  # seconds before a background task that failed is started again
+RESTART_MAX = 30.0  # seconds between restarts of a task that keeps failing, at most
 
 
 class AlreadyRunning(Exception):
@@ -46,14 +49,18 @@ class Siesta:
 
     def __init__(self, config: Config, *, admin: bool = True):
         self.config = config
-        self._lock = _lock_state_dir(config.state_dir)
-        self.store = SqliteStore(config.store)
+        # one process per SQLite file; replicas share a Redis store and a state folder
+        self._lock = _lock_state_dir(config.state_dir) if config.store_path else None
+        self.health = Health()
+        self.store = open_store(config.store, config.instance_id)
         self.provider = self._provider()
         self.lifecycle = Lifecycle(
             config.templates,
             self.store,
             self.provider,
             start_timeout=config.gateway.wake_timeout,
+            health=self.health,
+            retention=config.store.retention,
         )
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
@@ -67,6 +74,7 @@ class Siesta:
                 config,
                 self.lifecycle,
                 self.store,
+                health=self.health,
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
             )
@@ -104,9 +112,10 @@ class Siesta:
         self.prober = Prober(
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
+        controller = self.controller
         self._tasks = [
-            _guarded(self.controller.run(), "controller"),
-            _guarded(self._flush_activity(), "activity flush"),
+            self._guarded(controller.run, "controller"),
+            self._guarded(self._flush_activity, "activity flush"),
         ]
         keda = self.config.keda
         if self.scaler is not None and keda is not None:  # before the gateway, like admin
@@ -133,10 +142,11 @@ class Siesta:
             await self.prober.close()
         if self.controller is not None:
             await self.controller.close()
-        await self.lifecycle.shutdown()
         self._write_activity()
-        self.store.close()
-        self._lock.close()
+        await self.lifecycle.shutdown()
+        await self.store.close()
+        if self._lock is not None:
+            self._lock.close()
 
     async def _flush_activity(self) -> None:
         while True:
@@ -156,7 +166,27 @@ class Siesta:
             if last and last != flushed.get(sid):
                 seen[sid] = last + offset
         if seen:
-            self.store.touch(seen)
+            self.lifecycle.recorder.touch(seen)
+
+    def _guarded(self, run: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
+        """A task meant to live as long as siesta: an error is logged, counted in
+        `Health.task_errors` (and the metrics), and the task is started again with backoff."""
+
+        async def forever() -> None:
+            delay = RESTART_FIRST
+            while True:
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.health.task_failed(name)
+                    log.exception("background task %r failed; restarting it in %gs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(RESTART_MAX, delay * 2)
+
+        return asyncio.create_task(forever(), name=name)
 
 
 def _tune_gc() -> None:
@@ -170,21 +200,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-
-
-def _guarded(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-    """A task meant to live as long as siesta: if it dies, say so loudly."""
-
-    async def run() -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %r died; siesta is degraded", name)
-            raise
-
-    return asyncio.create_task(run(), name=name)
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:

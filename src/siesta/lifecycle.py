@@ -1,8 +1,14 @@
 """The one owner of session state: wakes (single-flight), sleeps, failures, adoption.
 
 The gateway asks it to wake a session; the controller asks it to put one to
-sleep; the provider tells it when a backend died. Every transition it makes is
-written to the store with its reason. Nothing else changes `Session.state`.
+sleep; the provider tells it when a backend died. Nothing else changes
+`Session.state`.
+
+Truth first, then the record: the state in memory always says what the backend
+really is. A transition is an intent (WAKING, STOPPING), carried out, then the
+outcome; each is handed to the write-behind `Recorder` with its reason, which
+makes it durable in its own time. No transition waits for the store, and a store
+that fails never leaves a session half-way: it is retried, never rolled back.
 """
 
 from __future__ import annotations
@@ -10,17 +16,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.lifecycle import after_failed_start, backoff_delay, check_transition
 from siesta.core.model import Session, State, Transition
-from siesta.providers.base import Provider, RunningBackend, StartError
-from siesta.readiness import NotReady, http_ready, tcp_ready, wait_ready
-from siesta.store.base import SessionRecord, Store
+from siesta.health import Health
+from siesta.providers.base import Provider, RunningBackend
+from siesta.readiness import http_ready, tcp_ready, wait_ready
+from siesta.store.base import Batch, Registration, SessionRecord, Store
+from siesta.store.writer import Recorder
 
 log = logging.getLogger("siesta.lifecycle")
+
+STORE_READ_TIMEOUT = 10.0
+"""Seconds start-up waits to read the stored sessions before it starts from the config
+alone (the store is then degraded; running backends are still found by the provider)."""
+
+SHUTDOWN_FLUSH = 5.0
+"""Seconds a clean shutdown waits for pending records to become durable."""
+
+STOP_RETRY_MAX = 30.0
+"""Seconds between retries of a stop that failed, at most (the session stays STOPPING)."""
 
 Listener = Callable[[Session, State, State], None]
 Observer = Callable[[Transition], None]
@@ -89,18 +107,23 @@ class Lifecycle:
         *,
         start_timeout: float = 60.0,
         clock: Clock | None = None,
+        health: Health | None = None,
+        retention: float | None = None,
     ):
         self.sessions: dict[str, Session] = {}
         self.listeners: list[Listener] = []
         self.awake: set[str] = set()  # ids of AWAKE sessions: periodic work visits only these
         self.observers: list[Observer] = []
+        self.health = health or Health()
+        self.store = store
+        self.recorder = Recorder(store, self.health, snapshot=self.snapshot, retention=retention)
         self._templates = templates
-        self._store = store
         self._provider = provider
         self._start_timeout = start_timeout
         self._clock = clock or SystemClock()
         self._wakes: dict[str, _Wake] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
+        self._writer: asyncio.Task[None] | None = None
         provider.set_exit_handler(self._backend_exited)
 
     def get(self, session_id: str) -> Session | None:
@@ -110,19 +133,47 @@ class Lifecycle:
     # -- start-up and shutdown -------------------------------------------------
 
     async def start(self, configured: Mapping[str, SessionSpec]) -> None:
-        """Register the configured sessions, load the stored ones, re-adopt running backends."""
+        """Register the configured sessions, load the stored ones, re-adopt running backends.
+
+        A store that cannot be read is not fatal: siesta starts from the config (and
+        what the provider finds running), and catches the store up when it answers.
+        """
+        self._writer = asyncio.create_task(self.recorder.run(), name="store writer")
         now = self._clock.time()
         for sid, spec in configured.items():
-            self._store.register(sid, spec.template, dict(spec.labels), now)
-        records = [r for r in self._store.sessions() if self._known_template(r)]
+            self.recorder.register(sid, spec.template, dict(spec.labels), now)
+        stored = {r.id: r for r in await self._stored_sessions()}
+        for sid, spec in configured.items():
+            registered = SessionRecord(sid, spec.template, dict(spec.labels), created=now)
+            old = stored.get(sid, registered)
+            stored[sid] = replace(old, template=spec.template, labels=dict(spec.labels))
+        records = [r for r in stored.values() if self._known_template(r)]
         candidates = [
             RunningBackend(r.id, r.endpoint, r.pid, r.pid_started)
             for r in records
             if r.state in (State.WAKING, State.AWAKE, State.STOPPING) and r.endpoint
         ]
         adopted = {b.session for b in await self._provider.adopt(candidates)}
-        for record in records:
+        for record in sorted(records, key=lambda r: r.id):
             await self._restore(record, record.id in adopted)
+
+    async def _stored_sessions(self) -> list[SessionRecord]:
+        try:
+            return await asyncio.wait_for(self._read_sessions(), STORE_READ_TIMEOUT)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            self.health.degraded("store", detail)
+            log.error(
+                "cannot read the %s store at start-up (%s): starting from the config; the"
+                " store is written again once it answers",
+                self.store.kind,
+                detail,
+            )
+            return []
+
+    async def _read_sessions(self) -> list[SessionRecord]:
+        await self.store.open()
+        return await self.store.sessions()
 
     def _known_template(self, record: SessionRecord) -> bool:
         if record.template in self._templates:
@@ -135,6 +186,7 @@ class Lifecycle:
     async def _restore(self, record: SessionRecord, adopted: bool) -> None:
         session = Session(record.id, record.template, dict(record.labels), record.state)
         session.created = record.created
+        session.fence = record.fence
         self.sessions[record.id] = session
         if adopted and record.state is State.AWAKE:
             session.endpoint, session.pid = record.endpoint, record.pid
@@ -143,20 +195,51 @@ class Lifecycle:
             self._record(session, State.AWAKE, "re-adopted its running backend after a restart")
             self._notify(session, State.ASLEEP)
         elif adopted:
-            await self._provider.stop(record.id, self._templates[record.template].stop_grace)
+            await self._stop_backend(session)
             self._move(session, State.ASLEEP, f"stopped after a restart found it {record.state}")
         elif record.state in (State.WAKING, State.AWAKE, State.STOPPING):
             self._move(session, State.ASLEEP, "its backend ended while siesta was down")
 
     async def shutdown(self) -> None:
-        """Cancel wakes under way and stop every running backend."""
+        """Cancel wakes under way, stop every running backend, make the records durable.
+
+        Backends are stopped whatever the store does: records that cannot be written
+        within `SHUTDOWN_FLUSH` are reported as lost, and the shutdown goes on.
+        """
         for wake in list(self._wakes.values()):
             wake.task.cancel()
         await asyncio.gather(*(w.task for w in list(self._wakes.values())), return_exceptions=True)
         awake = [s.id for s in self.sessions.values() if s.state is State.AWAKE]
-        await asyncio.gather(*(self.sleep(sid, "siesta shut down") for sid in awake))
-        await asyncio.gather(*list(self._stops.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(self.sleep(sid, "siesta shut down") for sid in awake), return_exceptions=True
+        )
+        stops = list(self._stops.values())
+        if stops:
+            longest = max(t.stop_grace for t in self._templates.values())
+            await asyncio.wait(stops, timeout=longest + SHUTDOWN_FLUSH)
         await self._provider.close()
+        if not await self.recorder.flush(SHUTDOWN_FLUSH):
+            log.error(
+                "the %s store did not take the last %d records within %gs: they are lost"
+                " (running backends were stopped all the same)",
+                self.store.kind,
+                self.recorder.pending,
+                SHUTDOWN_FLUSH,
+            )
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def snapshot(self) -> Batch:
+        """Everything the store should hold of the sessions now (to rewrite a lost store)."""
+        batch = Batch()
+        now = self._clock.time()
+        for session in self.sessions.values():
+            reg = Registration(session.template, dict(session.labels), session.created or now)
+            batch.registered[session.id] = reg
+            if session.state is not State.ASLEEP:
+                batch.records[session.id] = SessionRecord.of(session, now)
+        return batch
 
     # -- wake -----------------------------------------------------------------
 
@@ -202,29 +285,35 @@ class Lifecycle:
     async def _run_wake(self, session: Session, reason: str) -> None:
         template = self._templates[session.template]
         began = self._clock.monotonic()
+        session.fence += 1
         self._move(session, State.WAKING, reason)
         try:
             backend = await self._provider.start(session.id, session.template)
-        except StartError as exc:
-            self._start_failed(session, str(exc))
-            raise WakeError(f"session {session.id!r} could not start: {exc}") from exc
+        except asyncio.CancelledError:
+            await self._stop_backend(session)  # it may have been launched as we were cancelled
+            self._move(session, State.ASLEEP, "wake cancelled")
+            raise
+        except Exception as exc:  # StartError, or a provider's bug: the session is not stuck
+            self._start_failed(session, _why(exc))
+            raise WakeError(f"session {session.id!r} could not start: {_why(exc)}") from exc
         session.endpoint, session.pid, session.pid_started = (
             backend.endpoint,
             backend.pid,
             backend.pid_started,
         )
-        self._save(session)  # the pid is on disk before we wait: a crash now orphans nothing
+        self._save(session)  # the pid goes to the store first: a crash now orphans nothing
         try:
             await wait_ready(
                 self._probe(session, template.ready), self._alive(session), self._start_timeout
             )
-        except (NotReady, asyncio.CancelledError) as exc:
-            await self._provider.stop(session.id, template.stop_grace)
-            if isinstance(exc, asyncio.CancelledError):
-                self._move(session, State.ASLEEP, "wake cancelled")
-                raise
-            self._start_failed(session, str(exc))
-            raise WakeError(f"session {session.id!r} did not start: {exc}") from exc
+        except asyncio.CancelledError:
+            await self._stop_backend(session)
+            self._move(session, State.ASLEEP, "wake cancelled")
+            raise
+        except Exception as exc:  # NotReady, or a probe's bug
+            await self._stop_backend(session)
+            self._start_failed(session, _why(exc))
+            raise WakeError(f"session {session.id!r} did not start: {_why(exc)}") from exc
         session.failures = 0
         self._mark_awake_now(session)
         self._move(session, State.AWAKE, reason, wake_seconds=self._clock.monotonic() - began)
@@ -274,7 +363,7 @@ class Lifecycle:
         now = self._clock.time()
         session = Session(session_id, template, dict(labels))
         session.created = now
-        self._store.register(session_id, template, dict(labels), now)
+        self.recorder.register(session_id, template, dict(labels), now)
         self._save(session)  # a stale stored row (e.g. of an unconfigured template) is reset
         self.sessions[session_id] = session
         log.info("%s: added (template %s)", session_id, template)
@@ -297,7 +386,7 @@ class Lifecycle:
             else:
                 await asyncio.sleep(0.05)  # a transient state without a task: look again
         del self.sessions[session_id]  # no await since the loop: nothing woke it meanwhile
-        self._store.delete(session_id)
+        self.recorder.delete(session_id)
         log.info("%s: removed", session_id)
 
     # -- sleep ----------------------------------------------------------------
@@ -326,12 +415,30 @@ class Lifecycle:
 
     async def _finish_sleep(self, session: Session, reason: str) -> None:
         try:
-            await self._provider.stop(session.id, self._templates[session.template].stop_grace)
+            await self._stop_backend(session, retry=True)
         finally:
             session.endpoint = session.pid = session.pid_started = None
             session.awake_since = None
             self._move(session, State.ASLEEP, reason)
             self._stops.pop(session.id, None)
+
+    async def _stop_backend(self, session: Session, *, retry: bool = False) -> None:
+        """Stop the backend of `session`. A failing stop is logged and, with `retry`,
+        tried again with backoff until it works: the session stays STOPPING meanwhile,
+        which is the truth, and the stop is never taken for done."""
+        grace = self._templates[session.template].stop_grace
+        delay = 0.1
+        while True:
+            try:
+                await self._provider.stop(session.id, grace)
+                return
+            except Exception as exc:
+                self.health.task_failed("stop")
+                log.error("%s: stopping the backend failed: %s", session.id, _why(exc))
+                if not retry or not self._provider.alive(session.id):
+                    return
+            await asyncio.sleep(delay)
+            delay = min(STOP_RETRY_MAX, delay * 2)
 
     def _backend_exited(self, session_id: str, reason: str) -> None:
         session = self.sessions.get(session_id)
@@ -365,8 +472,8 @@ class Lifecycle:
                 log.exception("an event observer failed")
 
     def _save(self, session: Session, event: Transition | None = None) -> None:
-        record = SessionRecord.of(session, self._clock.time())
-        self._store.save(record, event)
+        """Hand the session's record (and the event) to the write-behind queue."""
+        self.recorder.record(SessionRecord.of(session, self._clock.time()), event)
 
     def _notify(self, session: Session, old: State) -> None:
         if session.state is State.AWAKE:
@@ -374,4 +481,12 @@ class Lifecycle:
         else:
             self.awake.discard(session.id)
         for listener in self.listeners:
-            listener(session, old, session.state)
+            try:
+                listener(session, old, session.state)
+            except Exception:  # a listener's bug never breaks a transition
+                log.exception("a transition listener failed")
+
+
+def _why(exc: BaseException) -> str:
+    """A short text for `exc`: its message, or its type when it has none."""
+    return str(exc) or type(exc).__name__

@@ -66,6 +66,7 @@ class Session:
     failures: int = 0
     retry_at: float = 0.0  # monotonic; a FAILED session refuses wakes before this
     created: float = 0.0  # wall clock
+    fence: int = 0  # fencing token of the wake that started the current backend
 
 
 @dataclass(frozen=True, slots=True)

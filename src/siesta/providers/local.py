@@ -93,10 +93,11 @@ class LocalProvider:
         self, session: str, argv: list[str], env: dict[str, str], cwd: Path | None
     ) -> subprocess.Popen[bytes]:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._log_dir / f"{session}.log", "ab") as log:
+        with open(self._log_dir / f"{session}.log", "ab", buffering=0) as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- siesta: starting {session} at {stamp}: {argv}\n".encode())
-            log.flush()
+            with contextlib.suppress(OSError):  # a full disk loses the line, not the start
+                log.write(f"--- siesta: starting {session} at {stamp}: {argv}\n".encode())
+                log.flush()
             try:
                 return subprocess.Popen(
                     argv,
