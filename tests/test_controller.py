@@ -63,7 +63,7 @@ async def make_world(tmp_path: Path) -> AsyncIterator[MakeWorld]:
     async def make(policy: dict[str, Any] | None = None) -> World:
         config = _config(tmp_path, policy)
         clock = FakeClock()
-        store = ThreadedSqlite(config.store)
+        store = ThreadedSqlite(config.store_path)
         provider = LocalProvider(config.templates, tmp_path / "logs")
         lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
         await lifecycle.start(config.sessions)
@@ -128,8 +128,12 @@ async def test_activity_postpones_the_sleep(world: World) -> None:
     session.activity.inflight = 1
     clock.advance(10 * MINUTE)
     assert await controller.tick() == []
-    session.activity.inflight = 0
+    assert controller.next_due("alice") is None  # no timer: the end of the request is awaited
+    assert controller.watching("alice")
     clock.advance(15 * MINUTE)
+    session.activity.inflight = 0
+    session.activity.fell()  # as the gateway does when the response ends
+    assert controller.next_due("alice") == clock.monotonic()
     assert await controller.tick() == ["alice"]
 
 
@@ -289,9 +293,11 @@ async def test_keep_awake_when_wins(make_world: MakeWorld) -> None:
     session.activity.connections = 1
     clock.advance(60 * MINUTE)
     assert await controller.tick() == []
-    assert controller.next_due("alice") == clock.monotonic() + 20
-    session.activity.connections = 0
+    assert controller.next_due("alice") is None
+    assert controller.watching("alice")
     clock.advance(20)
+    session.activity.connections = 0
+    session.activity.fell()  # as the gateway does when the connection closes
     assert await controller.tick() == ["alice"]
 
 

@@ -339,7 +339,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
         }
     )
     clock = FakeClock()
-    store = ThreadedSqlite(config.store)
+    store = ThreadedSqlite(config.store_path)
     provider = KedaProvider(config.templates)
     lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
     await lifecycle.start(config.sessions)

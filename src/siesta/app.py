@@ -24,13 +24,17 @@ from siesta.controller import Controller
 from siesta.gateway.server import Gateway
 from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
-from siesta.lifecycle import Lifecycle
+from siesta.lifecycle import STORE_READ_TIMEOUT, Lifecycle
 from siesta.probes import Prober
 from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
+from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store import open_store
+from siesta.store.accounts import StoredLedger
+from siesta.store.base import Batch
 
 log = logging.getLogger("siesta")
 
@@ -53,6 +57,7 @@ class Siesta:
         self._lock = _lock_state_dir(config.state_dir) if config.store_path else None
         self.health = Health()
         self.store = open_store(config.store, config.instance_id)
+        self.docker: DockerProvider | None = None
         self.provider = self._provider()
         self.lifecycle = Lifecycle(
             config.templates,
@@ -62,6 +67,10 @@ class Siesta:
             health=self.health,
             retention=config.store.retention,
         )
+        self._stored_ledger = StoredLedger(self.lifecycle.recorder)
+        # made before start, so it sees re-adoptions; its accounts are loaded in start()
+        self.ledger = LedgerKeeper(self._stored_ledger, self.lifecycle)
+        self.lifecycle.recorder.snapshot = self._snapshot
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
@@ -74,9 +83,10 @@ class Siesta:
                 config,
                 self.lifecycle,
                 self.store,
-                health=self.health,
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
+                logs=self.provider.logs,
+                ledger=self.ledger,
             )
             if admin
             else None
@@ -89,13 +99,22 @@ class Siesta:
         self._flushed: dict[str, float] = {}  # last activity written, by awake session
 
     def _provider(self) -> Provider:
-        """The local provider, the keda one, or both behind a router by template."""
+        """The local provider alone, or each kind the templates name behind a router."""
         templates = self.config.templates
         local = LocalProvider(templates, self.config.log_dir, base_url=self._base_url)
         kinds = {name: t.provider for name, t in templates.items()}
-        if "keda" not in kinds.values():
+        if set(kinds.values()) == {"local"}:
             return local
-        return ByTemplate({"local": local, "keda": KedaProvider(templates)}, kinds)
+        providers: dict[str, Provider] = {"local": local, "keda": KedaProvider(templates)}
+        if "docker" in kinds.values():
+            self.docker = DockerProvider(
+                templates,
+                instance=self.config.instance_id,
+                base_url=self._base_url,
+                known=lambda: self.lifecycle.sessions,
+            )
+            providers["docker"] = self.docker
+        return ByTemplate(providers, kinds)
 
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway
@@ -105,7 +124,10 @@ class Siesta:
 
     async def start(self) -> tuple[str, int]:
         """Restore sessions (re-adopting running backends), start timers, listen."""
+        await self._load_ledger()
         await self.lifecycle.start(self.config.sessions)
+        if self.docker is not None:  # before the gateway: orphans go, exits are followed
+            await self.docker.begin()
         self.controller = Controller(
             self.lifecycle, self.config.template_policies(), provider=self.provider
         )
@@ -127,6 +149,24 @@ class Siesta:
         self.address = await self.gateway.listen(gateway.host, gateway.port)
         _tune_gc()
         return self.address
+
+    async def _load_ledger(self) -> None:
+        """The savings accounts, read before any event; a store that cannot be read
+        leaves them to start from now (and says so)."""
+        try:
+            accounts = await asyncio.wait_for(
+                self._stored_ledger.load(self.store), STORE_READ_TIMEOUT
+            )
+        except Exception as exc:
+            log.error("the savings ledger could not be read from the store: %s", exc)
+            return
+        self.ledger.accounts.update((a.session, a) for a in accounts)
+
+    def _snapshot(self) -> Batch:
+        """What a lost store is written again from: sessions, and the ledger's accounts."""
+        batch = self.lifecycle.snapshot()
+        batch.accounts.update(self.ledger.accounts)
+        return batch
 
     async def stop(self) -> None:
         """Drain the gateway, stop every backend, close the store."""

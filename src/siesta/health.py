@@ -68,20 +68,3 @@ class Health:
     def status(self) -> str:
         """ "ok" when every dependency is, else "degraded"."""
         return OK if all(d.mode == OK for d in self.dependencies.values()) else DEGRADED
-
-    def report(self) -> dict[str, object]:
-        """What /healthz shows: the overall status and each dependency's mode."""
-        return {
-            "status": self.status,
-            "dependencies": {
-                name: {
-                    "mode": dep.mode,
-                    "detail": dep.detail,
-                    "since": dep.since,
-                    "errors": dep.errors,
-                    "lost": dep.lost,
-                }
-                for name, dep in sorted(self.dependencies.items())
-            },
-            "task_errors": dict(sorted(self.task_errors.items())),
-        }

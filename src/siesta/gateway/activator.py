@@ -76,10 +76,13 @@ class Activator:
             why = f"session {session.id!r} did not wake within {gw.wake_timeout:g}s"
             self._unavailable(conn, req, why, 5.0)
         except WakeError as exc:
-            self._unavailable(conn, req, str(exc), exc.retry_after)
-        except Exception:
+            why = f"session {session.id!r} could not be woken"
+            # the error may name commands and paths: for the log only
+            self._unavailable(conn, req, why, exc.retry_after, detail=str(exc))
+        except Exception as exc:
             log.exception("%s: waking for a held request failed", session.id)
-            self._unavailable(conn, req, f"session {session.id!r} could not be woken", 5.0)
+            why = f"session {session.id!r} could not be woken"
+            self._unavailable(conn, req, why, 5.0, detail=f"{type(exc).__name__}: {exc}")
         else:
             if req is not conn.current or conn.closing:
                 return  # the client went away meanwhile
@@ -92,10 +95,16 @@ class Activator:
                 self._unavailable(conn, req, why, 1.0)
 
     def _unavailable(
-        self, conn: ClientConnection, req: Request, why: str, retry_after: float
+        self,
+        conn: ClientConnection,
+        req: Request,
+        why: str,
+        retry_after: float,
+        *,
+        detail: str | None = None,
     ) -> None:
         retry = str(max(1, math.ceil(retry_after))).encode()
-        conn.respond(req, 503, why, headers=((b"Retry-After", retry),))
+        conn.respond(req, 503, why, detail=detail, headers=((b"Retry-After", retry),))
 
     def _waiting_page(
         self, conn: ClientConnection, req: Request, session: Session, wake: asyncio.Future[Session]

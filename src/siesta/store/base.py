@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from siesta.core.model import Endpoint, Session, State, Transition
+from siesta.ledger import Account
 
 PRUNE_BATCH = 5000
 """Events deleted at most by one `Store.prune` call: the store is busy briefly each time,
@@ -76,7 +77,8 @@ class Batch:
 
     Per session, in this order: `deleted` (forget it), `registered` (add it unless
     it exists), `records` (its latest state). Then `events` in the order they
-    happened, then `last_seen` (wall-clock times of the last traffic, kept if newer).
+    happened, then `last_seen` (wall-clock times of the last traffic, kept if newer),
+    then the ledger's `accounts` (a deleted session's account stays).
     """
 
     deleted: set[str] = field(default_factory=set)
@@ -84,6 +86,7 @@ class Batch:
     records: dict[str, SessionRecord] = field(default_factory=dict)
     events: list[Transition] = field(default_factory=list)
     last_seen: dict[str, float] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)  # ledger accounts, latest
 
     def __len__(self) -> int:
         return (
@@ -92,6 +95,7 @@ class Batch:
             + len(self.records)
             + len(self.events)
             + len(self.last_seen)
+            + len(self.accounts)
         )
 
     def delete(self, session_id: str) -> None:
@@ -110,6 +114,7 @@ class Batch:
         self.events.extend(later.events)
         for sid, at in later.last_seen.items():
             self.last_seen[sid] = max(at, self.last_seen.get(sid, at))
+        self.accounts.update(later.accounts)
         return self
 
 
@@ -159,4 +164,12 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release the store."""
+        ...
+
+    # -- the ledger: one account per session (siesta.ledger), kept by
+    # siesta.savings.keeper; written through the write-behind queue (`Batch.accounts`),
+    # read whole at start-up, in O(sessions) --
+
+    async def accounts(self) -> list[Account]:
+        """Every stored ledger account (deleted sessions' too), by session id."""
         ...

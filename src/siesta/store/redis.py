@@ -12,6 +12,7 @@ Keys, all under `siesta:<instance>:` (several deployments may share one Redis):
   is written only if its `fence` is not older than the stored one.
 - `events`: a stream of transitions (session, old, new, reason, wake, at), trimmed by
   `prune` to the retention.
+- `ledger`: a hash of each session's savings account (`siesta.ledger`), as JSON.
 - `epoch`: a random marker. If it disappears, Redis lost siesta's data (restarted
   without persistence, or flushed): `check` says so and the replicas write again
   what they hold.
@@ -23,6 +24,7 @@ same client.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -30,11 +32,14 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from siesta.core.model import Endpoint, State, Transition
+from siesta.ledger import Account, from_record, to_record
 
 from .base import PRUNE_BATCH, Batch, Checked, SessionRecord
 
 if TYPE_CHECKING:
     from siesta.config import StoreConf
+
+log = logging.getLogger("siesta.store")
 
 SOCKET_TIMEOUT = 2.0
 """Seconds a Redis call may take before it fails: Redis answers in well under a
@@ -123,6 +128,7 @@ class RedisStore:
         self._sessions = self.prefix + "sessions"
         self._events = self.prefix + "events"
         self._epoch_key = self.prefix + "epoch"
+        self._ledger = self.prefix + "ledger"
         self._epoch: str | None = None
         self._register = client.register_script(_REGISTER)
         self._save = client.register_script(_SAVE)
@@ -167,7 +173,19 @@ class RedisStore:
                 pipe.xadd(self._events, _event_fields(event))
             for sid, at in batch.last_seen.items():
                 await self._touch(keys=[self.key(sid)], args=[repr(at)], client=pipe)
+            if batch.accounts:
+                accounts = {a.session: json.dumps(to_record(a)) for a in batch.accounts.values()}
+                pipe.hset(self._ledger, mapping=accounts)
             await pipe.execute()
+
+    async def accounts(self) -> list[Account]:
+        found = []
+        for session, data in sorted((await self.client.hgetall(self._ledger)).items()):
+            try:
+                found.append(from_record(json.loads(data)))
+            except ValueError as exc:  # one damaged account must not hide the others
+                log.warning("ledger account of %s is unreadable, skipped: %s", session, exc)
+        return found
 
     async def events(
         self, session: str | None = None, since: float | None = None, limit: int = 1000

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from siesta.core.model import Endpoint, State, Transition
+from siesta.ledger import Account, from_record, to_record
 
 from .base import PRUNE_BATCH, Batch, Checked, SessionRecord
 
@@ -35,6 +37,8 @@ transaction elsewhere, short enough that an outage is reported soon."""
 
 READ_BUSY_TIMEOUT = 2.0
 """Seconds a read waits for a lock (rare in WAL mode: only while a checkpoint resets)."""
+
+log = logging.getLogger("siesta.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -62,6 +66,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_session ON events (session, at);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+CREATE TABLE IF NOT EXISTS ledger (
+    session TEXT PRIMARY KEY,
+    data    TEXT NOT NULL  -- siesta.ledger.to_record as JSON
+);
 """
 
 _COLUMNS = (
@@ -166,6 +174,8 @@ class SqliteStore:
                 self._save(record)
             self._insert_events(batch.events)
             self._touch(batch.last_seen)
+            for account in batch.accounts.values():
+                self.save_account(account)
 
     def prune(self, before: float) -> int:
         """Delete up to `PRUNE_BATCH` events older than `before`; return how many."""
@@ -222,6 +232,23 @@ class SqliteStore:
     def close(self) -> None:
         """Release the store."""
         self._db.close()
+
+    def accounts(self) -> list[Account]:
+        rows = self._db.execute("SELECT session, data FROM ledger ORDER BY session")
+        found = []
+        for session, data in rows:
+            try:
+                found.append(from_record(json.loads(data)))
+            except ValueError as exc:  # one damaged row must not hide the others
+                log.warning("ledger account of %s is unreadable, skipped: %s", session, exc)
+        return found
+
+    def save_account(self, account: Account) -> None:
+        self._db.execute(
+            "INSERT INTO ledger (session, data) VALUES (?, ?)"
+            " ON CONFLICT (session) DO UPDATE SET data = excluded.data",
+            (account.session, json.dumps(to_record(account))),
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -315,6 +342,9 @@ class ThreadedSqlite:
         self, session: str | None = None, since: float | None = None, limit: int = 1000
     ) -> list[Transition]:
         return await self._reader.run(lambda db: db.events(session, since, limit))
+
+    async def accounts(self) -> list[Account]:
+        return await self._reader.run(SqliteStore.accounts)
 
     async def prune(self, before: float) -> int:
         return await self._writer.run(lambda db: db.prune(before))

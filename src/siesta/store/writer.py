@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from siesta.core.model import Transition
 from siesta.health import Health
+from siesta.ledger import Account
 
 from .base import PRUNE_BATCH, Batch, Registration, SessionRecord, Store
 
@@ -97,6 +98,11 @@ class Recorder:
 
     def delete(self, session_id: str) -> None:
         self._pending.delete(session_id)
+        self._kick()
+
+    def save_account(self, account: Account) -> None:
+        """Queue a session's ledger account (the savings keeper's writes)."""
+        self._pending.accounts[account.session] = account
         self._kick()
 
     def _add_event(self, event: Transition) -> None:
