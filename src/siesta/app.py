@@ -31,10 +31,12 @@ from siesta.providers.dispatch import ByTemplate
 from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.replicas import ACTIVITY_EVERY, Replicas
 from siesta.savings.keeper import LedgerKeeper
 from siesta.store import open_store
 from siesta.store.accounts import StoredLedger
 from siesta.store.base import Batch
+from siesta.store.redis import RedisStore
 
 log = logging.getLogger("siesta")
 
@@ -71,6 +73,13 @@ class Siesta:
         # made before start, so it sees re-adoptions; its accounts are loaded in start()
         self.ledger = LedgerKeeper(self._stored_ledger, self.lifecycle)
         self.lifecycle.recorder.snapshot = self._snapshot
+        self.replicas = (
+            Replicas(self.store, self.health, lease_ttl=config.store.lease_ttl)
+            if isinstance(self.store, RedisStore)
+            else None
+        )
+        if self.replicas is not None:
+            self.lifecycle.share(self.replicas)
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
@@ -101,7 +110,12 @@ class Siesta:
     def _provider(self) -> Provider:
         """The local provider alone, or each kind the templates name behind a router."""
         templates = self.config.templates
-        local = LocalProvider(templates, self.config.log_dir, base_url=self._base_url)
+        local = LocalProvider(
+            templates,
+            self.config.log_dir,
+            base_url=self._base_url,
+            instance=self.config.instance_id,
+        )
         kinds = {name: t.provider for name, t in templates.items()}
         if set(kinds.values()) == {"local"}:
             return local
@@ -135,10 +149,16 @@ class Siesta:
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
         controller = self.controller
-        self._tasks = [
-            self._guarded(controller.run, "controller"),
-            self._guarded(self._flush_activity, "activity flush"),
-        ]
+        self._tasks = [self._guarded(self._flush_activity, "activity flush")]
+        if self.replicas is None:
+            self._tasks.append(self._guarded(controller.run, "controller"))
+        else:  # the controller runs on the replica that holds its lease
+            replicas = self.replicas
+            self._tasks += [
+                self._guarded(replicas.listen, "replica messages"),
+                self._guarded(replicas.beat, "heartbeat"),
+                self._guarded(lambda: self._lead(replicas, controller), "controller"),
+            ]
         keda = self.config.keda
         if self.scaler is not None and keda is not None:  # before the gateway, like admin
             tls = (keda.tls.cert, keda.tls.key) if keda.tls is not None else None
@@ -149,6 +169,21 @@ class Siesta:
         self.address = await self.gateway.listen(gateway.host, gateway.port)
         _tune_gc()
         return self.address
+
+    async def _lead(self, replicas: Replicas, controller: Controller) -> None:
+        """Run the controller while this replica holds the controller lease."""
+        while True:
+            await replicas.leadership.wait()
+            running = asyncio.create_task(controller.run(), name="controller checks")
+            demoted = asyncio.create_task(replicas.demoted.wait())
+            try:
+                await asyncio.wait({running, demoted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                running.cancel()
+                demoted.cancel()
+                await asyncio.gather(running, demoted, return_exceptions=True)
+            if running.done() and not running.cancelled() and running.exception() is not None:
+                raise running.exception()  # type: ignore[misc]
 
     async def _load_ledger(self) -> None:
         """The savings accounts, read before any event; a store that cannot be read
@@ -189,9 +224,46 @@ class Siesta:
             self._lock.close()
 
     async def _flush_activity(self) -> None:
+        replicas = self.replicas
+        every = ACTIVITY_FLUSH_EVERY if replicas is None else ACTIVITY_EVERY
         while True:
-            await asyncio.sleep(ACTIVITY_FLUSH_EVERY)
+            await asyncio.sleep(every)
             self._write_activity()
+            if replicas is not None:
+                await self._share_activity(replicas)
+
+    async def _share_activity(self, replicas: Replicas) -> None:
+        """Tell the other replicas our open connections and requests in flight, and take
+        theirs and the latest traffic time of each awake session (the hot path never
+        waits for this: it only reads and writes the counters in memory)."""
+        sessions = self.lifecycle.sessions
+        watched = sorted(self.lifecycle.awake)
+        mine: dict[str, tuple[int, int]] = {}
+        for sid in watched:
+            activity = sessions[sid].activity
+            if activity.connections or activity.inflight:
+                mine[sid] = (activity.connections, activity.inflight)
+        try:
+            seen, counts = await replicas.exchange_activity(mine, watched)
+        except Exception as exc:
+            log.debug("activity not exchanged with the replicas: %s", exc)
+            return
+        offset = time.time() - time.monotonic()
+        for sid in watched:
+            session = sessions.get(sid)
+            if session is None:
+                continue
+            activity = session.activity
+            if sid in seen:
+                activity.last_activity = max(activity.last_activity, seen[sid] - offset)
+            connections, inflight = counts.get(sid, (0, 0))
+            fell = (
+                connections < activity.elsewhere_connections
+                or inflight < activity.elsewhere_inflight
+            )
+            activity.elsewhere_connections, activity.elsewhere_inflight = connections, inflight
+            if fell:
+                activity.fell()
 
     def _write_activity(self) -> None:
         """Store when awake sessions last saw traffic (for `siesta status`): only the

@@ -56,6 +56,10 @@ class Activity:
     bytes: int = 0
     held: int = 0
     watch: Callable[[], None] | None = None
+    # with replicas: the other replicas' open connections and requests in flight, as
+    # they told at most a second ago (the gateway here never writes these)
+    elsewhere_connections: int = 0
+    elsewhere_inflight: int = 0
 
     def fell(self) -> None:
         """`connections` or `inflight` went down: tell the controller, if it asked."""
