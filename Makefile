@@ -22,7 +22,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
-	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver
+	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
+		redis-server:redis-server
 	$(BIN)/pytest -q
 
 bench: compiled

@@ -17,6 +17,7 @@ import math
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from siesta.app import AlreadyRunning, Siesta, install_uvloop, serve
-from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, TemplateConf
+from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, StoreConf, TemplateConf
 from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import Session, State, Transition
 from siesta.store.sqlite import SqliteStore
@@ -119,7 +120,7 @@ def demo_config(port: int, idle: float, state_dir: Path) -> Config:
     }
     return Config(
         gateway=GatewayConf(listen=f"{HOST}:{port}", routing="path", waiting_page="auto"),
-        store=state_dir.expanduser().absolute() / "state.db",
+        store=StoreConf(location=str(state_dir.expanduser().absolute() / "state.db")),
         templates={TEMPLATE: template},
         sessions=sessions,
     )
@@ -181,6 +182,12 @@ class Demo:
     script: Script | None = None
 
     @property
+    def _store_path(self) -> Path:
+        path = self.config.store_path
+        assert path is not None  # the demo's store is SQLite
+        return path
+
+    @property
     def idle(self) -> float:
         """The sessions' idle timeout, in seconds."""
         return self.config.templates[TEMPLATE].idle_timeout
@@ -218,7 +225,7 @@ class Demo:
 
     def finish(self) -> int:
         """After siesta stopped: the summary (with traffic) and the exit code."""
-        leftover = _running_backends(self.config.store)
+        leftover = _running_backends(self._store_path)
         for line in leftover:
             self.console.print(f"[red]still running[/red] {line}")
         if self.script is None:
@@ -229,7 +236,7 @@ class Demo:
 
     def _report(self, leftover: list[str]) -> int:
         assert self.script is not None
-        events = _read_events(self.config.store, self.started)
+        events = _read_events(self._store_path, self.started)
         rows = [
             summarize(sid, events, self.script.replies, self.started, self.ended, state)
             for sid, state in self.initial.items()
@@ -321,11 +328,13 @@ class SessionsView:
         self.idle = idle
         self.since = since
         self.status = ""
+        self.recent: deque[Transition] = deque(maxlen=RECENT_EVENTS)
+        app.lifecycle.observers.append(self.recent.append)  # memory: the loop never reads disk
 
     def render(self) -> Group:
         """One frame."""
         sessions = [s for s in self.app.lifecycle.sessions.values() if s.id in SESSIONS]
-        recent = self.app.store.events(since=self.since, limit=1_000_000)[-RECENT_EVENTS:]
+        recent = list(self.recent)
         now = time.monotonic()
         return Group(
             sessions_table(sessions, now, self.idle),
