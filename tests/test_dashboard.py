@@ -103,7 +103,11 @@ def test_dashboard_in_chromium_wakes_a_session_live(
     details show her events and her policy's rules. The charts load. At 1280x800 and
     on a phone-sized screen, the main views are screenshot."""
     run, base = launch_admin(
-        siesta, monkeypatch, sessions=SESSIONS, templates={"web": demo_template()}
+        siesta,
+        monkeypatch,
+        sessions=SESSIONS,
+        templates={"web": demo_template(resources={"cpu": 1, "memory": "1Gi"})},
+        extra={"savings": {"region": "FR"}},
     )
     browser.set_window_size(1280, 800)
     browser.get(f"{base}/ui/")
@@ -127,10 +131,11 @@ def test_dashboard_in_chromium_wakes_a_session_live(
     )
     until(
         browser,
-        lambda b: b.find_element(By.ID, "kpi-wakes").text in ("0", "1"),
+        lambda b: b.find_element(By.ID, "kpi-usd").text.startswith("$"),
         10,
         "the savings figures",
     )
+    assert "France 2024" in browser.find_element(By.ID, "grid-note").text
     charts = browser.find_elements(By.CSS_SELECTOR, "img[data-chart]")
     until(
         browser,
