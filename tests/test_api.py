@@ -25,6 +25,7 @@ PROTECTED = [
     ("POST", "/api/sessions/alice/wake"),
     ("POST", "/api/sessions/alice/sleep"),
     ("GET", "/api/sessions/alice/explain"),
+    ("GET", "/api/sessions/alice/logs"),
     ("GET", "/api/events"),
     ("GET", "/api/events/stream"),
     ("GET", "/api/savings"),

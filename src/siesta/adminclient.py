@@ -93,6 +93,11 @@ class AdminClient:
         path = f"/api/sessions/{_quote(session_id)}/sleep"
         return dict(self.request("POST", path, timeout=timeout))
 
+    def logs(self, session_id: str, lines: int) -> str:
+        """The last `lines` lines of the session's backend log."""
+        path = f"/api/sessions/{_quote(session_id)}/logs" + _query(lines=lines)
+        return str(self.request("GET", path)["log"])
+
     def events(
         self, session: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:

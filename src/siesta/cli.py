@@ -338,6 +338,24 @@ def sleep(session: SessionArg, config: ConfigOption = Path("siesta.yaml")) -> No
 
 
 @app.command()
+def logs(
+    session: SessionArg,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 100,
+    config: ConfigOption = Path("siesta.yaml"),
+) -> None:
+    """The last lines of a session's backend log (a process's output, a container's log)."""
+    client, _ = _client(config)
+    try:
+        text = client.logs(session, lines)
+    except AdminError as exc:
+        _fail(exc)
+    if text:
+        print(text)
+    else:
+        err.print(f"{session}: no log yet")
+
+
+@app.command()
 def events(
     session: Annotated[
         str | None, typer.Option("--session", "-s", help="Only this session's events.")

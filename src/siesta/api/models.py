@@ -134,3 +134,11 @@ class Explanation(BaseModel):
     )
     decision: DecisionView | None = Field(description="null unless awake")
     note: str | None
+
+
+class LogLines(BaseModel):
+    """The last lines of a session's backend log."""
+
+    session: str = Field(description="the session id")
+    lines: int = Field(description="how many lines were asked for")
+    log: str = Field(description="the last lines, oldest first")
