@@ -78,11 +78,12 @@ def fill(store: SqliteStore, ids: list[str]) -> list[Transition]:
                         2.0 if step == 1 else None,
                     )
                 )
-    store._db.executemany(
-        "INSERT INTO events (at, session, old, new, reason, wake_seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [(e.at, e.session, e.old.value, e.new.value, e.reason, e.wake_seconds) for e in events],
-    )
+    with store._transaction():  # one transaction, not a million
+        store._db.executemany(
+            "INSERT INTO events (at, session, old, new, reason, wake_seconds)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.at, e.session, e.old.value, e.new.value, e.reason, e.wake_seconds) for e in events],
+        )
     # Every session has the same history: one account, rebuilt once, serves them all.
     model = accounts_from(events[: 4 * CYCLES], {ids[0]: ("web", 0.0)})[ids[0]]
     for sid in ids:

@@ -244,3 +244,20 @@ def test_usage_from_the_sampler_when_asleep_and_live(tmp_path: Path) -> None:
     (alice,) = keeper.snapshot(500.0)
     assert alice.cpu_seconds == 30.0
     keeper.on_usage("nobody", Used(1.0, 1.0, 1))  # an unknown session is ignored
+
+
+def test_a_damaged_ledger_row_is_skipped_and_rebuilt(tmp_path: Path) -> None:
+    """A ledger row that is not a valid account (a damaged file, a bad write) is
+    skipped with a warning, not an error; the keeper rebuilds that session's account
+    from its events, and the report carries on."""
+    store = SqliteStore(tmp_path / "state.db")
+    store.register("alice", "web", {}, 0.0)
+    for event in cycle("alice", 0.0):
+        store.save(store.sessions()[0], event)
+    store._db.execute("INSERT INTO ledger (session, data) VALUES ('alice', '{\"wakes\": 1}')")
+    store._db.execute("INSERT INTO ledger (session, data) VALUES ('bob', 'not json')")
+    assert store.accounts() == []
+    life = Lifecycle()
+    life.add("alice", created=0.0)
+    (alice,) = LedgerKeeper(store, life, clock=lambda: 100.0).snapshot()
+    assert (alice.wakes, alice.awake_seconds) == (1, 62)
