@@ -29,6 +29,8 @@ from siesta.store.sqlite import SqliteStore
 from .dockerd import docker_engine  # noqa: F401 - the session's Docker daemon, as a fixture
 
 BACKEND = str(Path(__file__).with_name("backend.py"))
+START_DEADLINE = 60.0
+"""Seconds siesta gets to listen: a deadline, not a speed claim (a loaded machine is slow)."""
 
 
 def free_port() -> int:
@@ -176,7 +178,11 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         handle = SiestaProcess(proc, port, path, folder / "state", log, starts)
         running.append(handle)
         try:
-            wait_for(lambda: proc.poll() is not None or accepts(port), what="siesta to listen")
+            wait_for(
+                lambda: proc.poll() is not None or accepts(port),
+                timeout=START_DEADLINE,
+                what="siesta to listen",
+            )
         except AssertionError:
             raise AssertionError(f"siesta did not start:\n{handle.output()}") from None
         if proc.poll() is not None:

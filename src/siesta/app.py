@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from siesta.api import AdminServer
 from siesta.config import Config
@@ -27,11 +27,13 @@ from siesta.lifecycle import Lifecycle
 from siesta.probes import Prober
 from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
-from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
 from siesta.savings.keeper import LedgerKeeper
 from siesta.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from siesta.providers.docker import DockerProvider
 
 log = logging.getLogger("siesta")
 
@@ -95,6 +97,8 @@ class Siesta:
             return local
         providers: dict[str, Provider] = {"local": local, "keda": KedaProvider(templates)}
         if "docker" in kinds.values():
+            from siesta.providers.docker import DockerProvider  # aiohttp: only when used
+
             self.docker = DockerProvider(
                 templates,
                 instance=self.config.instance_id,
