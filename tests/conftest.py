@@ -170,6 +170,7 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         policies: dict[str, Any] | None = None,
         port: int | None = None,
         config_dir: Path | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> SiestaProcess:
         folder = config_dir or tmp_path
         port = port or free_port()
@@ -186,6 +187,7 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         }
         if policies is not None:
             config["policies"] = policies
+        config.update(extra or {})  # other top-level sections, e.g. savings
         path = folder / "siesta.yaml"
         path.write_text(yaml.safe_dump(config))
         log = folder / f"siesta-{len(running)}.log"
