@@ -22,7 +22,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
-	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver
+	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
+		dockerd:docker.io busybox:busybox-static ip:iproute2 openssl:openssl
 	$(BIN)/pytest -q
 
 bench: compiled

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -30,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+REAPER = str(Path(__file__).with_name("reaper.py"))
 TEST_IMAGE = "siesta-test-busybox:1"
 
 SERVE = """#!/bin/sh
@@ -45,21 +49,16 @@ httpd -f -p "${PORT:-8080}" -h /data &
 wait
 """
 
-DOCKERFILE = """FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-COPY serve /bin/serve
-CMD ["/bin/serve"]
-"""
-
 
 def busybox() -> Path:
     """busybox-static's binary (a static one: the image has no libc)."""
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        path = Path(candidate)
-        if path.exists():
-            return path
-    raise AssertionError("busybox is missing: make test installs busybox-static")
+    found = shutil.which("busybox")
+    if found is None:
+        raise AssertionError("busybox is missing: make test installs busybox-static")
+    path = Path(found)
+    if b"ld-linux" in path.read_bytes()[:8192]:  # an ELF interpreter: dynamically linked
+        raise AssertionError(f"{path} is not static: install busybox-static instead of busybox")
+    return path
 
 
 class Engine:
@@ -120,20 +119,16 @@ class Engine:
         for volume in self.http.get("/volumes", params=params).json().get("Volumes") or []:
             self.remove_volume(volume["Name"])
 
-    def build(self, tag: str, files: dict[str, bytes]) -> None:
-        """`docker build` of a context made of `files` (name -> content, mode 0755)."""
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tar:
-            for name, content in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(content), 0o755
-                tar.addfile(info, io.BytesIO(content))
+    def import_image(self, tag: str, rootfs: bytes, cmd: list[str]) -> None:
+        """`docker import` of a root filesystem tar as `tag`, with `cmd` as its CMD."""
+        repo, _, version = tag.partition(":")
+        params = {"fromSrc": "-", "repo": repo, "tag": version, "changes": f"CMD {json.dumps(cmd)}"}
         answer = self.http.post(
-            "/build",
-            params={"t": tag, "rm": "true", "forcerm": "true"},
-            content=data.getvalue(),
+            "/images/create",
+            params=params,
+            content=rootfs,
             headers={"Content-Type": "application/x-tar"},
-            timeout=300,
+            timeout=120,
         )
         assert answer.status_code == 200, answer.text
         assert '"errorDetail"' not in answer.text, answer.text
@@ -143,15 +138,34 @@ class Engine:
 
 
 def build_test_image(engine: Engine, tag: str = TEST_IMAGE) -> str:
-    """Build the busybox test image into `engine`'s daemon (once per daemon)."""
+    """Make the busybox test image in `engine`'s daemon (once per daemon), by importing a
+    root filesystem made here: /bin/busybox, a link to it for each applet, /bin/serve."""
     if not engine.has_image(tag):
-        files = {
-            "Dockerfile": DOCKERFILE.encode(),
-            "busybox": busybox().read_bytes(),
-            "serve": SERVE.encode(),
-        }
-        engine.build(tag, files)
+        engine.import_image(tag, _rootfs(), ["/bin/serve"])
     return tag
+
+
+def _rootfs() -> bytes:
+    binary = busybox()
+    applets = subprocess.run(
+        [str(binary), "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for folder in ("bin", "tmp"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
+            tar.addfile(info)
+        for name, content in (("bin/busybox", binary.read_bytes()), ("bin/serve", SERVE.encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o755
+            tar.addfile(info, io.BytesIO(content))
+        for applet in applets:
+            if applet not in ("busybox", "serve"):
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+    return data.getvalue()
 
 
 def wait_until(check: Any, timeout: float, what: str) -> Any:
@@ -214,7 +228,8 @@ class PrivateDockerd:
         self.tls_port = tls_port
         self.bridge = f"sdt{random.randrange(10**6)}"
         self.certs = self.root / "certs"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the reaper dockerd runs under
+        self.reapers: list[subprocess.Popen[bytes]] = []
         self.engine = Engine(f"unix://{self.socket}")
         _make_certs(self.certs)
         subnet = f"10.213.{random.randrange(1, 254)}"
@@ -254,16 +269,31 @@ class PrivateDockerd:
         ]
         with open(self.root / "dockerd.log", "ab") as out:
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, REAPER, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+        self.reapers.append(self.proc)
         proc = self.proc
         wait_until(lambda: proc.poll() is not None or self.engine.ping(), 60, "private dockerd")
         if proc.poll() is not None:
             raise AssertionError(f"private dockerd exited:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the daemon with `sig` (SIGKILL leaves its containers' processes running)."""
-        if self.proc is not None and self.proc.poll() is None:
+        """Stop the daemon: SIGTERM lets it stop its containers and containerd; SIGKILL
+        kills dockerd alone, as a crash would (containers keep running until the next
+        dockerd starts). Returns once dockerd and its containerd are gone."""
+        if self.proc is None:
+            return
+        if sig == signal.SIGKILL:
+            containerd = _pid_in(self.root / "exec" / "containerd" / "containerd.pid")
+            dockerd = _pid_in(self.root / "docker.pid")
+            if dockerd is not None:
+                os.kill(dockerd, signal.SIGKILL)
+            gone = [p for p in (dockerd, containerd) if p is not None]
+            wait_until(lambda: not any(psutil.pid_exists(p) for p in gone), 30, "dockerd gone")
+        else:
             self.proc.send_signal(sig)
             self.proc.wait(60)
         self.proc = None
@@ -276,10 +306,21 @@ class PrivateDockerd:
             for item in self.engine.containers():
                 self.engine.remove(item["Id"])
         self.stop()
+        for reaper in self.reapers:  # still waiting for a shim: its container is gone now
+            if reaper.poll() is None:
+                reaper.kill()
+                reaper.wait(10)
         for mount in reversed(_mounts_under(self.root)):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _mounts_under(root: Path) -> list[str]:
@@ -295,12 +336,13 @@ def _make_certs(folder: Path) -> None:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+    run("req", "-x509", *key, "-nodes", "-days", "2", "-subj", "/CN=test-ca",
         "-keyout", "ca-key.pem", "-out", "ca.pem")  # fmt: skip
     (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=siesta")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+        run("req", *key, "-nodes", "-subj", subject,
             "-keyout", f"{name}-key.pem", "-out", f"{name}.csr")  # fmt: skip
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",

@@ -43,17 +43,18 @@ def instance_of(proc: SiestaProcess) -> str:
 
 @pytest.fixture
 def docker(docker_engine: Engine) -> Iterator[Callable[[SiestaProcess], str]]:
-    """Register a siesta process's instance: its containers and volumes go at teardown."""
-    instances: list[str] = []
+    """Register a siesta process's instance: at teardown the process is stopped, then its
+    containers and volumes are removed."""
+    tracked: list[SiestaProcess] = []
 
     def track(proc: SiestaProcess) -> str:
-        instance = instance_of(proc)
-        instances.append(instance)
-        return instance
+        tracked.append(proc)
+        return instance_of(proc)
 
     yield track
-    for instance in instances:
-        docker_engine.cleanup(instance)
+    for proc in tracked:
+        proc.stop()
+        docker_engine.cleanup(instance_of(proc))
 
 
 def only_container(engine: Engine, instance: str, session: str = "alice") -> dict[str, Any]:
