@@ -447,7 +447,7 @@ class DockerProvider:
                 log.info("following Docker's events at %s", self._host())
             self.connected = True
             try:
-                await self._sweep()
+                await self.sweep()
             finally:
                 self._tried.set()
             async for line in response.content:
@@ -497,11 +497,11 @@ class DockerProvider:
             await asyncio.sleep(SWEEP_EVERY)
             if self.connected:
                 try:
-                    await self._sweep()
+                    await self.sweep()
                 except Exception as exc:  # a failed sweep is retried at the next one
                     log.warning("reconciling with Docker failed: %s", exc)
 
-    async def _sweep(self) -> None:
+    async def sweep(self) -> None:
         """Make Docker match siesta: report exits no event told, stop containers that run
         while their session sleeps, remove those of sessions that no longer exist."""
         listed = await self._call(self._list(), self._host_words)
