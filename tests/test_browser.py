@@ -163,3 +163,24 @@ def test_idle_page_shows_sleep_and_reload_wakes_a_new_backend(
     assert text(browser, "session") == "alice"
     assert text(browser, "hits") == "1"
     assert run.state("alice") is State.AWAKE
+
+
+def test_api_docs_render_offline(
+    siesta: Launcher, browser: webdriver.Chrome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/docs is Swagger UI over the generated OpenAPI document: it renders every route
+    group, and every file it loads comes from siesta itself (no CDN)."""
+    from .admin import launch_admin
+
+    _, base = launch_admin(siesta, monkeypatch)
+    browser.get(f"{base}/docs")
+    until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, ".opblock"), 20, "the operations")
+    title = browser.find_element(By.CSS_SELECTOR, ".information-container .title").text
+    assert title.startswith("siesta admin API")
+    tags = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-tag span")}
+    assert {"sessions", "events", "policy", "savings", "system"} <= tags
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded
+    assert all(url.startswith(base + "/") for url in loaded), loaded

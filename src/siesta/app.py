@@ -30,6 +30,7 @@ from siesta.providers.dispatch import ByTemplate
 from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.sqlite import SqliteStore
 
 log = logging.getLogger("siesta")
@@ -57,6 +58,7 @@ class Siesta:
             self.provider,
             start_timeout=config.gateway.wake_timeout,
         )
+        self.ledger = LedgerKeeper(self.store, self.lifecycle)  # before start: sees re-adoptions
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
@@ -72,6 +74,7 @@ class Siesta:
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
                 logs=self.provider.logs,
+                ledger=self.ledger,
             )
             if admin
             else None
