@@ -211,8 +211,9 @@ def test_a_container_killed_from_outside_is_noticed_at_once(
 def test_a_missing_image_gives_503_and_failed_with_backoff(
     siesta: Launcher, docker: Callable[[SiestaProcess], str]
 ) -> None:
-    """An image the Docker host does not have: the request gets 503 saying so, with
-    Retry-After; the session is FAILED and refuses wakes during its backoff (no retry)."""
+    """An image the Docker host does not have: the request gets 503 with Retry-After and
+    the event says why; the session is FAILED and refuses wakes during its backoff (no
+    retry)."""
     template = container_template(
         image="siesta-test-missing:1", max_start_failures=1, failure_backoff="1m"
     )
@@ -221,8 +222,9 @@ def test_a_missing_image_gives_503_and_failed_with_backoff(
 
     answer = httpx.get(proc.url("alice"), timeout=30)
     assert answer.status_code == 503
-    assert "image 'siesta-test-missing:1' is not on the Docker host" in answer.text
+    assert "could not be woken" in answer.text  # the detail goes to the log and the event
     assert proc.state("alice") is State.FAILED
+    assert "image 'siesta-test-missing:1' is not on the Docker host" in proc.events()[-1].reason
     again = httpx.get(proc.url("alice"), timeout=30)
     assert again.status_code == 503
     assert 1 < int(again.headers["retry-after"]) <= 60
