@@ -28,8 +28,10 @@ test: lint
 
 bench: compiled
 	bash bench/setup.sh
+	bash scripts/system-packages.sh dockerd:docker.io busybox:busybox-static
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/controller.py
+	$(BIN)/python bench/docker.py
 
 # The hot path compiled with mypyc into build/mypyc/; used while its sources are unchanged
 # (see src/siesta/_native.py). `make pure` goes back to Python; so does SIESTA_PURE=1.

@@ -185,34 +185,46 @@ def _default_host() -> str:
     return os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
 
 
+def ensure_dockerd(log: Path) -> tuple[Engine, subprocess.Popen[bytes] | None]:
+    """The Docker daemon at DOCKER_HOST or the default socket, and the `dockerd` process
+    started here (its output in `log`) when none answered; None when one was running."""
+    engine = Engine(_default_host())
+    if engine.ping():
+        return engine, None
+    if not shutil.which("dockerd"):
+        raise AssertionError("dockerd is missing: make test installs docker.io")
+    with open(log, "wb") as out:
+        started = subprocess.Popen(
+            ["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(lambda: started.poll() is not None or engine.ping(), 60, "dockerd")
+    except AssertionError:
+        started.kill()
+        raise
+    if started.poll() is not None:
+        raise AssertionError(f"dockerd exited:\n{log.read_text()[-3000:]}")
+    return engine, started
+
+
+def stop_dockerd(started: subprocess.Popen[bytes] | None) -> None:
+    """Stop a dockerd `ensure_dockerd` started (nothing when it found one running)."""
+    if started is None:
+        return
+    started.terminate()
+    try:
+        started.wait(60)
+    except subprocess.TimeoutExpired:
+        started.kill()
+
+
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """The Docker daemon the tests use; started here when none answers."""
-    engine = Engine(_default_host())
-    started: subprocess.Popen[bytes] | None = None
-    if not engine.ping():
-        if not shutil.which("dockerd"):
-            raise AssertionError("dockerd is missing: make test installs docker.io")
-        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-        with open(log, "wb") as out:
-            started = subprocess.Popen(
-                ["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            wait_until(lambda: started.poll() is not None or engine.ping(), 60, "dockerd")
-        except AssertionError:
-            started.kill()
-            raise
-        if started.poll() is not None:
-            raise AssertionError(f"dockerd exited:\n{log.read_text()[-3000:]}")
+    engine, started = ensure_dockerd(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
     build_test_image(engine)
     yield engine
-    if started is not None:
-        started.terminate()
-        try:
-            started.wait(60)
-        except subprocess.TimeoutExpired:
-            started.kill()
+    stop_dockerd(started)
 
 
 class PrivateDockerd:
