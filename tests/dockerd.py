@@ -132,6 +132,8 @@ class Engine:
         )
         assert answer.status_code == 200, answer.text
         assert '"errorDetail"' not in answer.text, answer.text
+        if not self.has_image(tag):  # Podman's import tags it `latest`, whatever it is asked
+            self.post(f"/images/{repo}/tag", repo=repo, tag=version)
 
     def has_image(self, tag: str) -> bool:
         return self.http.get(f"/images/{tag}/json").status_code == 200
