@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import yaml
 
-from run import OUT, ROOT, Processes, accepts, ms, p95, verdict, wait_until
+from run import OUT, ROOT, Processes, accepts, cold_ttfb, first_byte, ms, p95, verdict, wait_until
 
 sys.path.insert(0, str(ROOT))
 from tests.dockerd import (
@@ -110,22 +110,6 @@ def start_siesta(procs: Processes, config: Path, port: int, log: Path) -> None:
     wait_until(listening, 60, 0.02, "siesta listening")
 
 
-def first_byte(port: int, path: str, host: str = HOST) -> tuple[float, bytes]:
-    """Seconds from connecting to the first byte of `GET path`, and the answer's head."""
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    began = time.perf_counter()
-    with socket.create_connection((host, port), timeout=300) as sock:
-        sock.sendall(request)
-        answer = sock.recv(65536)
-        took = time.perf_counter() - began
-        while answer and b"\r\n\r\n" not in answer:
-            more = sock.recv(65536)
-            if not more:
-                break
-            answer += more
-    return took, answer.split(b"\r\n\r\n", 1)[0]
-
-
 def answers(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=1) as sock:
@@ -161,7 +145,7 @@ def admin(port: int) -> httpx.Client:
 
 
 def measure_wakes(engine: Engine, port: int, api: httpx.Client, rounds: int) -> dict[str, Any]:
-    first_byte(port, "/s/bench/")  # makes the container
+    cold_ttfb(port)  # makes the container
     container = engine.containers(f"bench-{os.getpid()}")[0]["Id"]
     docker = shutil.which("docker")
     cli = [docker or "docker", "-H", engine.host, "start", container]
@@ -178,10 +162,7 @@ def measure_wakes(engine: Engine, port: int, api: httpx.Client, rounds: int) -> 
         seen["api"].append(start_alone(engine, container, api_start))
         if docker is not None:
             seen["cli"].append(start_alone(engine, container, cli_start))
-        status, head = first_byte(port, "/s/bench/")
-        if not head.startswith(b"HTTP/1.1 200") or b"X-Siesta-Wake: cold" not in head:
-            raise RuntimeError(f"a cold request through siesta got:\n{head.decode()}")
-        seen["siesta"].append(status)
+        seen["siesta"].append(cold_ttfb(port))
         if (i + 1) % 5 == 0:
             print(
                 f"  round {i + 1}/{rounds}: docker start (API) {ms(seen['api'][-1])}, "
@@ -207,10 +188,10 @@ def wake_many(port: int, sessions: list[str]) -> dict[str, Any]:
 
     def one(sid: str) -> tuple[float, bool]:
         try:
-            took, head = first_byte(port, f"/s/{sid}/")
+            took, head = first_byte(port, f"/s/{sid}/", timeout=300)
         except OSError:
             return 0.0, False
-        return took, head.startswith(b"HTTP/1.1 200")
+        return took, head.startswith("HTTP/1.1 200")
 
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(sessions)) as pool:

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,16 +170,10 @@ def _rootfs() -> bytes:
 
 
 def wait_until(check: Any, timeout: float, what: str) -> Any:
-    """Poll `check` until truthy, or fail after `timeout` seconds."""
-    deadline, delay = time.monotonic() + timeout, 0.01
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(0.2, delay * 1.5)
+    """conftest's `wait_for` (imported here, not at the top: conftest imports this module)."""
+    from .conftest import wait_for
+
+    return wait_for(check, timeout, what)
 
 
 def _default_host() -> str:
