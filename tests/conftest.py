@@ -26,6 +26,8 @@ import yaml
 from siesta.core.model import State
 from siesta.store.sqlite import SqliteStore
 
+from .dockerd import docker_engine  # noqa: F401 - the session's Docker daemon, as a fixture
+
 BACKEND = str(Path(__file__).with_name("backend.py"))
 
 

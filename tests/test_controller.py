@@ -122,8 +122,12 @@ async def test_activity_postpones_the_sleep(world: World) -> None:
     session.activity.inflight = 1
     clock.advance(10 * MINUTE)
     assert await controller.tick() == []
-    session.activity.inflight = 0
+    assert controller.next_due("alice") is None  # no timer: the end of the request is awaited
+    assert controller.watching("alice")
     clock.advance(15 * MINUTE)
+    session.activity.inflight = 0
+    session.activity.fell()  # as the gateway does when the response ends
+    assert controller.next_due("alice") == clock.monotonic()
     assert await controller.tick() == ["alice"]
 
 
@@ -283,9 +287,11 @@ async def test_keep_awake_when_wins(make_world: MakeWorld) -> None:
     session.activity.connections = 1
     clock.advance(60 * MINUTE)
     assert await controller.tick() == []
-    assert controller.next_due("alice") == clock.monotonic() + 20
-    session.activity.connections = 0
+    assert controller.next_due("alice") is None
+    assert controller.watching("alice")
     clock.advance(20)
+    session.activity.connections = 0
+    session.activity.fell()  # as the gateway does when the connection closes
     assert await controller.tick() == ["alice"]
 
 

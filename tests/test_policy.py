@@ -3,6 +3,7 @@ the decision and its reason, min_awake, max_lifetime, keep_awake_when, predictio
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -280,11 +281,94 @@ def test_not_yet_predicts_when_and_checks_then() -> None:
     assert inclusive.evaluate(Signals(idle_for=300.0, at=0.0)).next_check == 600.0
 
 
-def test_busy_now_means_unforeseeable_and_a_check_every_interval() -> None:
-    """With a connection open the rule cannot become true by time alone: check_every."""
+def test_busy_now_means_watching_the_traffic_not_polling() -> None:
+    """With a connection open the rule cannot become true by time alone: no timer, but
+    the decision asks to be told when the connections fall (`watch`)."""
     rule = policy('idle_for > duration("15m") && connections == 0', check_every=45.0)
     decision = rule.evaluate(Signals(idle_for=3000.0, connections=1, at=10.0))
-    assert (decision.sleep, decision.sleep_at, decision.next_check) == (False, None, 55.0)
+    assert (decision.sleep, decision.sleep_at, decision.next_check) == (False, None, math.inf)
+    assert decision.watch
+    assert not rule.evaluate(Signals(idle_for=3000.0, connections=0, at=10.0)).watch
+
+
+@pytest.mark.parametrize(
+    ("sleep_when", "keep_awake_when", "falls"),
+    [
+        ('idle_for > duration("1m") && connections == 0 && inflight == 0', None, True),
+        ("inflight < 3", None, True),
+        ("0 == connections", None, True),
+        ("connections <= 1", "connections > 4", True),
+        ("inflight == 0", "inflight != 0", True),
+        ("connections > 9", None, False),  # true as they rise: polled
+        ("connections == 2", None, False),
+        ("inflight == 0", "connections < 2", False),
+        ("!(connections != 0)", None, False),  # read some other way: polled
+    ],
+)
+def test_which_traffic_comparisons_are_watched_rather_than_polled(
+    sleep_when: str, keep_awake_when: str | None, falls: bool
+) -> None:
+    """Counts that can only make the policy sleep by falling are watched; any other use of
+    connections or inflight keeps a check every check_every while they are nonzero."""
+    rule = policy(sleep_when, check_every=45.0, keep_awake_when=keep_awake_when)
+    assert rule.traffic_falls is falls
+    decision = rule.evaluate(Signals(idle_for=5.0, connections=7, inflight=7, at=10.0))
+    assert decision.watch
+    assert decision.next_check == (math.inf if falls else 55.0)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'idle_for > duration("15m") && connections == 0 && inflight == 0',
+        'idle_for >= duration("1h30m") || (awake_for > duration("2s") && !(inflight > 0))',
+        "cpu_percent < 5.0 && memory_bytes > 1000 && requests_1m <= 3",
+        'in_window("Mon-Fri 08:00-18:00", "Europe/Paris") && age < duration("10m")',
+        "true && connections != 1",
+    ],
+)
+def test_simple_rules_run_as_python_and_agree_with_cel(source: str) -> None:
+    """Rules of comparisons with literals get a plain-Python twin; it gives what CEL gives
+    on readings across their thresholds, now and later (the offset predictions use)."""
+    rule = compile_rule("sleep_when", source)
+    assert rule.fast is not None
+    for idle in (0.0, 1.9, 2.0, 2.1, 900.0, 5400.0, 5400.001, 86400.0):
+        for count in (0, 1, 3):
+            for cpu in (0.0, 4.99, 5.0, 60.0):
+                signals = Signals(
+                    idle_for=idle,
+                    awake_for=idle / 2,
+                    age=idle * 3,
+                    connections=count,
+                    inflight=count,
+                    requests_1m=count,
+                    cpu_percent=cpu,
+                    memory_bytes=count * 1000,
+                    now=datetime(2026, 3, 2, 17, 59, 59, tzinfo=UTC),
+                )
+                for offset in (0.0, 0.5, 1.0, 3600.0):
+                    expected = rule.holds_by_cel(signals, offset)
+                    assert rule.holds(signals, offset) is expected, (signals, offset)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'labels.tier == "gold"',
+        "connections == 0.0",
+        "cpu_percent < 5",
+        'now > timestamp("2026-01-01T00:00:00Z")',
+        "connections + inflight == 0",
+        "app.ok",
+    ],
+)
+def test_other_rules_run_through_cel(source: str) -> None:
+    """Maps, mixed number types, timestamps or arithmetic: no twin, CEL decides."""
+    try:
+        rule = compile_rule("sleep_when", source)
+    except PolicyError:
+        return  # refused at load (e.g. CEL does not compare int with double): fine too
+    assert rule.fast is None
 
 
 def test_volatile_signals_are_rechecked_even_when_foreseen() -> None:
@@ -348,7 +432,8 @@ def test_idle_timeout_shorthand_is_a_policy() -> None:
     )
     busy = idle.evaluate(Signals(idle_for=1000.0, inflight=2, at=0.0))
     assert not busy.sleep
-    assert busy.next_check == idle.check_every
+    assert busy.watch  # the gateway says when the requests in flight end
+    assert busy.next_check == math.inf
     recent = idle.evaluate(Signals(idle_for=20.0, at=100.0))
     assert recent.next_check == 980.0
 
@@ -360,11 +445,12 @@ def test_policy_error_carries_key_and_position() -> None:
     assert (caught.value.key, caught.value.line, caught.value.column) == ("keep_awake_when", 1, 20)
 
 
-def test_open_connections_keep_the_checks_coming_despite_a_late_prediction() -> None:
-    """With max_lifetime 12h and a connection open, the only foreseeable sleep is at 12h;
-    the connection may close any time unheard, so the next check is check_every away."""
+def test_open_connections_are_watched_beside_a_late_prediction() -> None:
+    """With max_lifetime 12h and a connection open, the only foreseeable sleep is at 12h:
+    that is the next check, and the decision asks to hear when the connection closes."""
     rule = policy('idle_for > duration("15m") && connections == 0', max_lifetime=12 * 3600.0)
     decision = rule.evaluate(Signals(idle_for=16 * 60.0, connections=1, awake_for=960.0, at=960.0))
     assert not decision.sleep
     assert decision.sleep_at == 12 * 3600.0
-    assert decision.next_check == 960.0 + 30.0
+    assert decision.next_check == 12 * 3600.0
+    assert decision.watch

@@ -101,6 +101,11 @@ class AdminClient:
         """A session's policy read against its signals now."""
         return dict(self.request("GET", f"/api/sessions/{_quote(session_id)}/explain"))
 
+    def logs(self, session_id: str, lines: int) -> str:
+        """The last `lines` lines of the session's backend log."""
+        path = f"/api/sessions/{_quote(session_id)}/logs"
+        return str(self.request("GET", path, params=_params(lines=lines))["log"])
+
     def events(
         self, session: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:

@@ -27,8 +27,10 @@ from siesta.lifecycle import Lifecycle
 from siesta.probes import Prober
 from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
+from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.sqlite import SqliteStore
 
 log = logging.getLogger("siesta")
@@ -48,6 +50,7 @@ class Siesta:
         self.config = config
         self._lock = _lock_state_dir(config.state_dir)
         self.store = SqliteStore(config.store)
+        self.docker: DockerProvider | None = None
         self.provider = self._provider()
         self.lifecycle = Lifecycle(
             config.templates,
@@ -55,6 +58,7 @@ class Siesta:
             self.provider,
             start_timeout=config.gateway.wake_timeout,
         )
+        self.ledger = LedgerKeeper(self.store, self.lifecycle)  # before start: sees re-adoptions
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
@@ -69,6 +73,8 @@ class Siesta:
                 self.store,
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
+                logs=self.provider.logs,
+                ledger=self.ledger,
             )
             if admin
             else None
@@ -81,13 +87,22 @@ class Siesta:
         self._flushed: dict[str, float] = {}  # last activity written, by awake session
 
     def _provider(self) -> Provider:
-        """The local provider, the keda one, or both behind a router by template."""
+        """The local provider alone, or each kind the templates name behind a router."""
         templates = self.config.templates
         local = LocalProvider(templates, self.config.log_dir, base_url=self._base_url)
         kinds = {name: t.provider for name, t in templates.items()}
-        if "keda" not in kinds.values():
+        if set(kinds.values()) == {"local"}:
             return local
-        return ByTemplate({"local": local, "keda": KedaProvider(templates)}, kinds)
+        providers: dict[str, Provider] = {"local": local, "keda": KedaProvider(templates)}
+        if "docker" in kinds.values():
+            self.docker = DockerProvider(
+                templates,
+                instance=self.config.instance_id,
+                base_url=self._base_url,
+                known=lambda: self.lifecycle.sessions,
+            )
+            providers["docker"] = self.docker
+        return ByTemplate(providers, kinds)
 
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway
@@ -98,6 +113,8 @@ class Siesta:
     async def start(self) -> tuple[str, int]:
         """Restore sessions (re-adopting running backends), start timers, listen."""
         await self.lifecycle.start(self.config.sessions)
+        if self.docker is not None:  # before the gateway: orphans go, exits are followed
+            await self.docker.begin()
         self.controller = Controller(
             self.lifecycle, self.config.template_policies(), provider=self.provider
         )

@@ -9,6 +9,7 @@ becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
@@ -31,9 +32,11 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from siesta.core import activity
+from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import parse_duration
 from siesta.core.policy import Policy, PolicyError, Rule, Warn, check_app, compile_rule
 from siesta.core.routing import RoutingMode
+from siesta.savings.settings import ResourcesConf, SavingsConf
 
 Loc = tuple[str | int, ...]
 """Where a value sits in the config: mapping keys and list indices, outermost first."""
@@ -47,6 +50,10 @@ _HTTP_PATH_PATTERN = r"^/"
 _URL_PATTERN = r"^https?://[^\s/]+"
 _DURATION_PATTERN = r"^\d+(\.\d+)?$|^(\d+(\.\d+)?(ms|[dhms]))+$"
 _APP_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NO_SPACE_PATTERN = r"^\S+$"
+_DOCKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_USER_PATTERN = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$"
+_CAPABILITY_PATTERN = r"^[A-Za-z_]+$"
 
 _PATTERN_HINTS = {
     NAME_PATTERN: "must be 1 to 63 letters, digits, '_' or '-', starting with a letter or digit",
@@ -55,6 +62,10 @@ _PATTERN_HINTS = {
     _HTTP_PATH_PATTERN: "must be a path starting with '/', e.g. /healthz",
     _URL_PATTERN: "must be an http:// or https:// URL, e.g. http://127.0.0.1:9000/hook",
     _APP_KEY_PATTERN: "must be a CEL name (letters, digits and '_'), e.g. busy_workers",
+    _NO_SPACE_PATTERN: "must be one word, without spaces",
+    _DOCKER_NAME_PATTERN: "must be a Docker name: letters, digits, '_', '.' or '-'",
+    _USER_PATTERN: "must be a user, or user:group, as a name or number, e.g. 1000:1000",
+    _CAPABILITY_PATTERN: "must be a capability name, e.g. NET_RAW or ALL",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -117,6 +128,11 @@ def _resolved(path: Path, info: ValidationInfo) -> Path:
     context = info.context or {}
     base = Path(context.get("base_dir") or Path.cwd())
     return (base / path.expanduser()).resolve()
+
+
+def _check_volume(value: str) -> str:
+    parse_volume(value)
+    return value
 
 
 class _Model(BaseModel):
@@ -214,6 +230,26 @@ class GatewayConf(_Model):
         "On shutdown, seconds requests in flight get to finish before their connections "
         "are closed. 10s: well within the 30s termination grace period of Kubernetes.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs, e.g. 10.0.0.0/8 or 127.0.0.1/32) of proxies in front "
+        "of siesta whose X-Forwarded-For, -Proto and -Host are kept (X-Forwarded-For is "
+        "appended to, and its last untrusted address is the client for per-client limits). "
+        "From anyone else these headers are replaced. Empty by default: a client could "
+        "otherwise claim any address or claim https.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{cidr!r} is not an address or network: use e.g. 10.0.0.0/8 or ::1"
+                ) from None
+        return value
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -392,11 +428,12 @@ class TemplateConf(_Model):
         'jupyter, every: 30s} or {http: "/status", every: 30s, map: {...}}. Unset by '
         "default: the app is not asked, only traffic is seen.",
     )
-    provider: Literal["local", "keda"] = Field(
+    provider: Literal["local", "keda", "docker"] = Field(
         default="local",
         description="Where the backend runs: `local` (a process siesta starts from "
-        "`command`) or `keda` (a Kubernetes workload KEDA scales, reached at `address`). "
-        "local by default: it needs nothing but this machine.",
+        "`command`), `keda` (a Kubernetes workload KEDA scales, reached at `address`) or "
+        "`docker` (a container per session, from `image`: see docs/docker.md). local by "
+        "default: it needs nothing but this machine.",
     )
     address: str | None = Field(
         default=None,
@@ -404,6 +441,111 @@ class TemplateConf(_Model):
         '"http://nb-{session}.sessions.svc:8888" (the session\'s Service). Required for '
         "the keda provider.",
     )
+    resources: ResourcesConf | None = Field(
+        default=None,
+        description='What a backend reserves: {cpu: 0.5, memory: "512Mi"} (Kubernetes '
+        "quantities). The savings report prices an always-on backend at this size, and "
+        "a backend whose use is not measured (keda) at this size while awake. Unset by "
+        "default: the measured peak is used.",
+    )
+
+    # -- provider docker: the container of each session (docs/docker.md) --------------
+    image: str | None = Field(
+        default=None,
+        pattern=_NO_SPACE_PATTERN,
+        description="provider docker: the image of every session's container, e.g. "
+        "my-lab:1.0. It must be on the Docker host already: siesta never pulls, so a wake "
+        "never waits on a registry. Required for provider docker.",
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="provider docker: the port the app listens on inside the container; "
+        "{port} in `command` and `env` becomes it. siesta publishes it on 127.0.0.1 at a "
+        "port Docker picks (or, with `network`, reaches it on the container's address). "
+        "Required for provider docker.",
+    )
+    volumes: list[Annotated[str, AfterValidator(_check_volume)]] = Field(
+        default_factory=list,
+        description="provider docker: mounts as source:target[:ro]. A source that is a "
+        "name is a named volume, created on first use and never removed by siesta; use "
+        "{session} in it (notes-{session}:/home/me/work) so each session keeps its data "
+        "across sleeps. A source starting with / is a host folder. Empty by default.",
+    )
+    network: str | None = Field(
+        default=None,
+        pattern=_DOCKER_NAME_PATTERN,
+        description="provider docker: a Docker network (which must exist) to attach the "
+        "container to; siesta then forwards to the container's address on it, so siesta "
+        "must be on that network too (e.g. both in one Compose project), and nothing is "
+        "published. Unset by default: the default bridge, with the port published on "
+        "127.0.0.1.",
+    )
+    cpus: float | None = Field(
+        default=None,
+        gt=0,
+        description="provider docker: CPU limit in cores (1.5 = one and a half), as "
+        "docker run --cpus. Unset by default: no limit, like a local backend.",
+    )
+    memory: Annotated[int, BeforeValidator(parse_memory)] | None = Field(
+        default=None,
+        description="provider docker: memory limit in bytes, or with a 1024-based unit as "
+        "Docker writes it (512m, 2g); at least 6m. A container over it is killed (and its "
+        "session goes to sleep, the reason saying so). Unset by default: no limit.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="provider docker: Docker labels put on the container, besides siesta's "
+        "own siesta.session, siesta.instance, siesta.template and siesta.spec (keys "
+        "starting with siesta. are reserved). These are not the session labels policies "
+        "read. Empty by default.",
+    )
+    user: str | None = Field(
+        default=None,
+        pattern=_USER_PATTERN,
+        description="provider docker: user (and group) the container runs as, as name or "
+        "uid, e.g. 1000:1000. Unset by default: the image's USER.",
+    )
+    read_only: bool = Field(
+        default=False,
+        description="provider docker: mount the container's root filesystem read-only "
+        "(volumes stay writable). false by default: most images write somewhere.",
+    )
+    cap_drop: list[Annotated[str, StringConstraints(pattern=_CAPABILITY_PATTERN)]] = Field(
+        default_factory=list,
+        description="provider docker: Linux capabilities to drop, e.g. [ALL] or "
+        "[NET_RAW, MKNOD]. Empty by default: Docker's default set.",
+    )
+    security_opt: list[Annotated[str, StringConstraints(pattern=_NO_SPACE_PATTERN)]] = Field(
+        default_factory=list,
+        description="provider docker: options as docker run --security-opt, e.g. "
+        "[no-new-privileges]. Empty by default: Docker's defaults (its seccomp profile).",
+    )
+    on_sleep: Literal["stop", "remove"] = Field(
+        default="stop",
+        description="provider docker: what a sleep does to the container. stop keeps it, "
+        "with its filesystem, and starts it again on the next wake (the fastest wake); "
+        "remove deletes it, so each wake starts from the image (volumes are kept either "
+        "way). stop by default: Docker's own stop, cheap to wake.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _docker_ready(cls, data: Any) -> Any:
+        """A docker template is ready by HTTP GET / unless it says otherwise: a TCP connect
+        to a published port is answered by Docker's proxy before the app listens."""
+        if isinstance(data, dict) and data.get("provider") == "docker" and "ready" not in data:
+            return {**data, "ready": {"http": "/"}}
+        return data
+
+    @field_validator("labels")
+    @classmethod
+    def _own_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = reserved_labels(list(value))
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: keys starting with siesta. are siesta's")
+        return value
 
     @field_validator("cwd")
     @classmethod
@@ -607,6 +749,11 @@ class Config(_Model):
         description="KEDA's External Scaler gRPC service: {listen: 127.0.0.1:9090, tls: "
         "{cert, key}}. Unset by default: not served.",
     )
+    savings: SavingsConf = Field(
+        default=SavingsConf(),
+        description="Prices, energy coefficients and grid intensity for what sleeping "
+        "saved (siesta report, siesta advise, /api/savings). Every default is cited.",
+    )
     instance: Name | None = Field(
         default=None,
         description="Name of this siesta deployment. It marks what siesta starts (container "
@@ -711,6 +858,37 @@ def _provider_problems(templates: dict[str, TemplateConf]) -> list[tuple[Loc, st
         elif template.provider == "keda" and template.command:
             message = "not used by provider keda: Kubernetes runs the backend"
             problems.append((("templates", name, "command"), message))
+        problems += [(("templates", name, *loc), why) for loc, why in _docker_problems(template)]
+    return problems
+
+
+_DOCKER_KEYS = (
+    "image", "port", "volumes", "network", "cpus", "memory", "labels", "user", "read_only",
+    "cap_drop", "security_opt", "on_sleep",
+)  # fmt: skip
+_NOT_FOR_DOCKER = {
+    "cwd": "not used by provider docker: the image's WORKDIR applies",
+    "address": "not used by provider docker: siesta finds the container's address itself",
+}
+_TCP_THROUGH_PROXY = (
+    "tcp cannot tell when a container is ready: Docker's port proxy accepts connections "
+    "before the app listens. Use http (a path, e.g. /), or set network"
+)
+
+
+def _docker_problems(template: TemplateConf) -> list[tuple[Loc, str]]:
+    """Keys a docker template needs or must not have; docker keys on other templates."""
+    given = template.model_fields_set
+    if template.provider != "docker":
+        return [((key,), "only for provider docker") for key in _DOCKER_KEYS if key in given]
+    problems: list[tuple[Loc, str]] = [
+        ((key,), "is required by provider docker")
+        for key in ("image", "port")
+        if getattr(template, key) is None
+    ]
+    problems += [((key,), why) for key, why in _NOT_FOR_DOCKER.items() if key in given]
+    if template.ready.tcp and template.network is None:
+        problems.append((("ready", "tcp"), _TCP_THROUGH_PROXY))
     return problems
 
 

@@ -4,8 +4,12 @@ Each awake session has one next-due time in a heap; the controller wakes up at
 the earliest, evaluates only the sessions that are due (`core.policy.Policy`) and
 asks the lifecycle to put them to sleep. Sleeping sessions are not in the heap at
 all, so they cost nothing. Activity does not touch the heap: a session that was
-busy is simply re-scheduled when its check comes. A policy with `warn` announces a
-foreseen sleep `warn_before` ahead, once per awake period, by webhook or command.
+busy is simply re-scheduled when its check comes. When open connections or
+requests in flight are what keeps a session awake, the controller sets
+`Activity.watch` and the gateway calls it when they fall, once: the session is
+checked at once, and not polled meanwhile. Probe results ask for a check too
+(`check_soon`). A policy with `warn` announces a foreseen sleep `warn_before`
+ahead, once per awake period, by webhook or command.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from siesta.core.clock import Clock, SystemClock
@@ -74,8 +80,15 @@ class Controller:
                 self._on_awake(session)
 
     def next_due(self, session_id: str) -> float | None:
-        """When `session_id` is next checked (monotonic), or None when it is not awake."""
-        return self._due.get(session_id)
+        """When `session_id` is next checked (monotonic); None when it is not awake, or
+        when only a fall of its connections or requests in flight will bring a check."""
+        due = self._due.get(session_id)
+        return None if due is None or due == math.inf else due
+
+    def watching(self, session_id: str) -> bool:
+        """Whether the gateway is to tell when the session's connections or requests fall."""
+        session = self._lifecycle.get(session_id)
+        return session is not None and session.activity.watch is not None
 
     def policy_of(self, session: Session) -> Policy:
         """The policy that decides when `session` sleeps."""
@@ -83,8 +96,10 @@ class Controller:
 
     def check_soon(self, session_id: str) -> None:
         """Check an awake session now, e.g. because a signal of its changed."""
-        if session_id in self._due:
-            self._schedule(session_id, self._clock.monotonic())
+        due = self._due.get(session_id)
+        now = self._clock.monotonic()
+        if due is not None and due > now:
+            self._schedule(session_id, now)
 
     async def current_signals(self, session_id: str) -> Signals | None:
         """What a check of `session_id` would read now; None unless it is awake.
@@ -111,29 +126,45 @@ class Controller:
             self._due.pop(session.id, None)
             self._rates.pop(session.id, None)
             self._warned.discard(session.id)
+            session.activity.watch = None
 
     def _on_awake(self, session: Session) -> None:
         now = self._clock.monotonic()
         activity = session.activity
-        self._rates[session.id] = RateWindow(now, activity.requests, activity.bytes)
+        if self.policy_of(session).variables & RATE_SIGNALS:  # a deque each: only if read
+            self._rates[session.id] = RateWindow(now, activity.requests, activity.bytes)
         self._warned.discard(session.id)
-        self._schedule(session.id, self._first_check(session, now))
+        self._first_check(session, now)
 
-    def _first_check(self, session: Session, now: float) -> float:
-        """When to check a session that just woke: its policy's answer, else now."""
+    def _first_check(self, session: Session, now: float) -> None:
+        """Schedule a session that just woke: by its policy's answer, else at once."""
         policy = self.policy_of(session)
         if policy.needs_provider:
-            return now  # the check fetches cpu and memory
+            self._schedule(session.id, now)  # the check fetches cpu and memory
+            return
         try:
             decision = policy.evaluate(self._signals(session, policy, now, None))
         except EvaluationError:
-            return now  # counted and logged by the check
+            self._schedule(session.id, now)  # counted and logged by the check
+            return
         if decision.sleep:
-            return now
-        return max(now, self._next_check(session.id, policy, decision, now, clamp=False))
+            self._schedule(session.id, now)
+            return
+        self._watch(session, decision.watch)
+        self._schedule(session.id, max(now, self._next_check(session.id, policy, decision, now)))
+
+    def _watch(self, session: Session, wanted: bool) -> None:
+        """Ask the gateway to say when the session's connections or requests fall (or not)."""
+        activity = session.activity
+        if not wanted:
+            activity.watch = None
+        elif activity.watch is None:
+            activity.watch = partial(self.check_soon, session.id)
 
     def _schedule(self, session_id: str, at: float) -> None:
         self._due[session_id] = at
+        if at == math.inf:
+            return  # checked when its traffic falls (`_watch`), not on a timer
         heapq.heappush(self._heap, (at, session_id))
         if self._heap[0][1] == session_id:
             self._changed.set()
@@ -202,7 +233,8 @@ class Controller:
             return False
         self._maybe_warn(session, policy, decision, now)
         if not decision.sleep:
-            self._schedule(sid, self._next_check(sid, policy, decision, now))
+            self._watch(session, decision.watch)
+            self._schedule(sid, max(now + MIN_DELAY, self._next_check(sid, policy, decision, now)))
             return False
         task = self._lifecycle.begin_sleep(sid, decision.reason)
         if task is None:
@@ -226,14 +258,12 @@ class Controller:
             app=self.app_signals.get(session.id),
         )
 
-    def _next_check(
-        self, sid: str, policy: Policy, decision: Decision, now: float, clamp: bool = True
-    ) -> float:
+    def _next_check(self, sid: str, policy: Policy, decision: Decision, now: float) -> float:
         at = decision.next_check
         warn, sleep_at = policy.warn, decision.sleep_at
         if warn is not None and sleep_at is not None and sid not in self._warned:
             at = min(at, sleep_at - warn.before)
-        return max(at, now + MIN_DELAY) if clamp else at
+        return at
 
     # -- warnings -------------------------------------------------------------
 

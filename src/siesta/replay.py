@@ -10,7 +10,9 @@ Replay and production agree because replay runs production's decision code: the
 signals are built by `siesta.signals.read_signals` from the same `Session` model, the
 decision is `Policy.evaluate`, and checks are scheduled the way the controller
 schedules them (at the decision's `next_check`, activity never moving a check
-forward). A sleep therefore lands exactly where siesta would have put it.
+forward, except a disconnect when the decision asked to watch the connections, as
+the gateway tells the controller). A sleep therefore lands exactly where siesta
+would have put it.
 
 The model, kept simple on purpose:
 
@@ -247,6 +249,7 @@ class _Sim:
         self.app: Mapping[str, Any] = {}
         self.window: RateWindow | None = None
         self.check_at: float | None = None
+        self.watch = False  # the last check asked to hear when connections fall
         self.running_since: float | None = None
         self.last_sleep: float | None = None
         self.awake_seconds = 0.0
@@ -329,6 +332,9 @@ class _Replay:
                 activity.connections -= 1
                 if awake:
                     activity.last_activity = at
+                if awake and sim.watch:  # the gateway's `Activity.fell`
+                    sim.watch = False
+                    self.schedule(sim, at)
         elif row.event == "cpu":
             sim.cpu = float(row.value)
         else:
@@ -355,7 +361,8 @@ class _Replay:
 
     def schedule(self, sim: _Sim, at: float) -> None:
         sim.check_at = at
-        self.push(at, _CHECK, sim.session.id)
+        if at != math.inf:
+            self.push(at, _CHECK, sim.session.id)
 
     def on_check(self, sim: _Sim, at: float) -> None:
         session, policy = sim.session, sim.setup.policy
@@ -375,6 +382,7 @@ class _Replay:
         if decision.sleep:
             self.sleep(sim, at, decision.reason)
         else:
+            sim.watch = decision.watch
             self.schedule(sim, max(decision.next_check, at + MIN_DELAY))
 
     def sleep(self, sim: _Sim, at: float, reason: str) -> None:
@@ -387,6 +395,7 @@ class _Replay:
         sim.awake_seconds += at - sim.running_since
         sim.running_since = None
         sim.check_at = None
+        sim.watch = False
         sim.window = None
         sim.sleeps += 1
         sim.last_sleep = at

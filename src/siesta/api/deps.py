@@ -8,7 +8,7 @@ hub and the controller, and `session: PathSession` for the session named by `{id
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -16,13 +16,20 @@ from fastapi import Depends, Path, Request
 
 from siesta.api.errors import ApiProblem
 from siesta.api.models import SessionInfo
+from siesta.config import Config
 from siesta.core.model import Session, State
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 if TYPE_CHECKING:
     from siesta.api.events import EventHub
+
+
+async def no_logs(session: str, lines: int) -> str:
+    """The log reader when siesta has no provider to ask (tests of the API alone)."""
+    return ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,12 @@ class Services:
     hub: EventHub
     controller: Callable[[], object | None]
     """The controller once it runs (None before): read `next_due`, `policy_of`, ..."""
+    logs: Callable[[str, int], Awaitable[str]] = no_logs
+    """`Provider.logs`: (session, lines) -> the last lines of its backend's output."""
+    ledger: LedgerKeeper | None = None
+    """The savings ledger (`siesta.savings.keeper`), read by /api/savings and the dashboard."""
+    config: Config | None = None
+    """The config siesta runs with (the savings section, the templates' resources)."""
 
     def next_due(self, session_id: str) -> float | None:
         """The controller's next policy check of a session (monotonic), if it knows one."""

@@ -8,18 +8,19 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 
 from siesta.adminclient import TOKEN_FILE
 from siesta.api.app import build_app
 from siesta.api.auth import load_token
-from siesta.api.deps import Services
+from siesta.api.deps import Services, no_logs
 from siesta.api.events import EventHub
 from siesta.config import Config
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 log = logging.getLogger("siesta.api")
@@ -48,11 +49,22 @@ class AdminServer:
         *,
         held: Callable[[], int],
         controller: Callable[[], object | None],
+        logs: Callable[[str, int], Awaitable[str]] | None = None,
+        ledger: LedgerKeeper | None = None,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
         self.hub = EventHub(lifecycle)
-        self.services = Services(lifecycle, store, self.metrics, self.hub, controller)
+        self.services = Services(
+            lifecycle,
+            store,
+            self.metrics,
+            self.hub,
+            controller,
+            logs=logs or no_logs,
+            ledger=ledger,
+            config=config,
+        )
         self.token = ""
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None

@@ -16,14 +16,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cel
 
-from . import windows
+from . import fastrule, windows
 from .duration import format_duration
 
 SIGNALS: dict[str, str] = {
@@ -51,7 +51,11 @@ VOLATILE_SIGNALS = frozenset(
 """Signals that can change, and make a rule true, without any traffic at the gateway."""
 
 PROVIDER_SIGNALS = frozenset({"cpu_percent", "memory_bytes"})
-"""Signals that cost a call to the provider; gathered only for rules that read them."""
+"""Signals measured by the resource sampler; a rule reading them needs a provider that
+measures (`Provider.measures`), checked at load."""
+
+TRAFFIC_SIGNALS = frozenset({"connections", "inflight"})
+"""Counts the gateway tells the controller about when they fall (`Decision.watch`)."""
 
 STRICT_MARGIN = 0.001
 """Seconds after a threshold at which `idle_for > duration("15m")` becomes true."""
@@ -61,9 +65,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_CANDIDATES = 16  # future instants examined when predicting a sleep
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Signals:
-    """What is known about one awake session at one moment.
+    """What is known about one awake session at one moment (read-only by convention:
+    not frozen, because a frozen dataclass costs microseconds to build, once per check).
 
     Durations are in seconds; `now` is an aware datetime; `at` is the monotonic
     time of the reading, the clock `Decision.next_check` and `sleep_at` are on.
@@ -115,18 +120,44 @@ SAMPLE_IDLE = replace(
 """A second sample, idle: `&&` and `||` stop early, so one sample can miss a branch."""
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
     """Sleep now (with the reason), or look again at `next_check` (monotonic).
 
     `sleep_at` is when the session would sleep if only time passed (monotonic),
     None when that cannot be foreseen; it equals the reading's time when `sleep`.
+    `watch` says that open connections or requests in flight, which the rules read,
+    hold the session awake: the controller asks the gateway to tell it when they
+    fall, instead of polling. `reason` is put into words only when it is read (a
+    sleep, a warning, `policy explain`), so a check that keeps a session awake does
+    not pay for formatting it.
     """
 
-    sleep: bool
-    reason: str
-    next_check: float
-    sleep_at: float | None = None
+    __slots__ = ("_reason", "next_check", "sleep", "sleep_at", "watch")
+
+    def __init__(
+        self,
+        sleep: bool,
+        reason: str | Callable[[], str],
+        next_check: float,
+        sleep_at: float | None = None,
+        watch: bool = False,
+    ):
+        self.sleep, self._reason, self.next_check = sleep, reason, next_check
+        self.sleep_at, self.watch = sleep_at, watch
+
+    @property
+    def reason(self) -> str:
+        """Why: the rule and the values that made it true (or kept the session awake)."""
+        reason = self._reason
+        if not isinstance(reason, str):
+            reason = self._reason = reason()
+        return reason
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(sleep={self.sleep}, reason={self.reason!r}, "
+            f"next_check={self.next_check}, sleep_at={self.sleep_at}, watch={self.watch})"
+        )
 
 
 class PolicyError(ValueError):
@@ -240,8 +271,11 @@ class Rule:
     """One compiled CEL rule of a policy (`sleep_when`, `keep_awake_when`).
 
     `variables` are the signals it reads, in order of first appearance; `windows`
-    the literal `in_window(spec, tz)` calls, so the policy knows when they flip.
-    Evaluating binds the signals through one reused CEL context (a few µs).
+    the literal `in_window(spec, tz)` calls, so the policy knows when they flip;
+    `traffic` how it compares `connections` and `inflight` with numbers, None when
+    it reads them some other way. Evaluating binds the signals through one reused
+    CEL context (a few µs), or runs the rule's plain-Python twin (`core.fastrule`,
+    under a µs) when it has one.
     """
 
     def __init__(self, key: str, source: str):
@@ -255,24 +289,37 @@ class Rule:
         _check_unknown(key, source, self.program, names, binders)
         self.windows = _window_calls(key, source)
         self.thresholds, self.predictable = _thresholds(source)
+        self.traffic = _traffic(source, names)
         self.volatile = bool(set(self.variables) & VOLATILE_SIGNALS) or len(self.windows) != len(
             re.findall(r"\bin_window\b", source)
         )
         self._signals = SAMPLE
+        self._offset = 0.0
         self._context = cel.Context(functions={"in_window": self._in_window})
         self._context.set_variable_resolver(self._resolve)
         _check_result(self, source)
+        self.fast = _checked_twin(self)
 
     def __repr__(self) -> str:
         return f"Rule({self.key}={self.source!r})"
 
-    def holds(self, signals: Signals) -> bool:
-        """Whether the rule is true for `signals`; `EvaluationError` if it fails or is not bool."""
-        self._signals = signals
+    def holds(self, signals: Signals, offset: float = 0.0) -> bool:
+        """Whether the rule is true for `signals`, or `offset` seconds after them if only
+        time passed; `EvaluationError` if it fails or is not bool."""
+        fast = self.fast
+        if fast is not None:
+            return fast(signals, offset)
+        return self.holds_by_cel(signals, offset)
+
+    def holds_by_cel(self, signals: Signals, offset: float = 0.0) -> bool:
+        """`holds`, always through CEL."""
+        self._signals, self._offset = signals, offset
         try:
             result = self.program.execute(self._context)
         except Exception as exc:  # CEL raises ValueError, TypeError, KeyError, RuntimeError
             raise EvaluationError(f"{self.key}: {_cel_problem(exc)}") from exc
+        finally:
+            self._offset = 0.0
         if not isinstance(result, bool):
             raise EvaluationError(f"{self.key}: gave {_cel_type(result)}, not true or false")
         return result
@@ -286,10 +333,80 @@ class Rule:
     def _resolve(self, name: str) -> Any:
         if name not in SIGNALS:
             return None
-        return _cel_value(name, getattr(self._signals, name))
+        value = getattr(self._signals, name)
+        if self._offset and name in CLOCK_SIGNALS:
+            value += self._offset
+        elif self._offset and name == "now":
+            value += timedelta(seconds=self._offset)
+        return _cel_value(name, value)
 
     def _in_window(self, spec: str, tz: str = "UTC") -> bool:
-        return windows.in_window(self._signals.now, spec, tz)
+        now = self._signals.now
+        if self._offset:
+            now += timedelta(seconds=self._offset)
+        return windows.in_window(now, spec, tz)
+
+
+_TRAFFIC_COMPARE = re.compile(r"\b(connections|inflight)\s*(==|!=|<=|>=|<|>)\s*(\d+)\b(?!\.)")
+_TRAFFIC_COMPARE_REVERSED = re.compile(
+    r"(?<![\w.])(\d+)\s*(==|!=|<=|>=|<|>)\s*(connections|inflight)\b"
+)
+
+
+def _traffic(source: str, names: list[tuple[str, int]]) -> tuple[tuple[str, int], ...] | None:
+    """How `source` compares connections and inflight with whole numbers, as (op, number)
+    with the signal on the left; None when it also reads them some other way."""
+    found = [(m[2], int(m[3])) for m in _TRAFFIC_COMPARE.finditer(source)]
+    reversed_ = _TRAFFIC_COMPARE_REVERSED.finditer(source)
+    found += [(_FLIP.get(m[2], m[2]), int(m[1])) for m in reversed_]
+    uses = sum(1 for name, _ in names if name in TRAFFIC_SIGNALS)
+    return tuple(found) if uses == len(found) else None
+
+
+def _falls_to_true(traffic: tuple[tuple[str, int], ...] | None) -> bool:
+    """Whether every comparison can only turn true as the counts fall (`== 0`, `< n`)."""
+    return traffic is not None and all(
+        op in ("<", "<=") or (op == "==" and n == 0) for op, n in traffic
+    )
+
+
+def _falls_to_false(traffic: tuple[tuple[str, int], ...] | None) -> bool:
+    """Whether every comparison can only turn false as the counts fall (`> n`, `!= 0`)."""
+    return traffic is not None and all(
+        op in (">", ">=") or (op == "!=" and n == 0) for op, n in traffic
+    )
+
+
+def _checked_twin(rule: Rule) -> fastrule.FastRule | None:
+    """The rule's plain-Python twin, if it agrees with CEL on every test reading."""
+    twin = fastrule.translate(rule.source)
+    if twin is None:
+        return None
+    for signals in _test_readings(rule):
+        for offset in (0.0, 30.0):
+            try:
+                expected = rule.holds_by_cel(signals, offset)
+            except EvaluationError:
+                return None
+            if twin(signals, offset) is not expected:
+                return None
+    return twin
+
+
+def _test_readings(rule: Rule) -> list[Signals]:
+    """Readings on either side of each threshold, with counts and cpu at their edges."""
+    readings = [SAMPLE, SAMPLE_IDLE]
+    for threshold in rule.thresholds:
+        for delta in (-1.0, -STRICT_MARGIN, 0.0, STRICT_MARGIN, 1.0):
+            value = max(0.0, threshold.seconds + delta)
+            clock: dict[str, Any] = {threshold.signal: value}
+            readings.append(replace(SAMPLE_IDLE, **clock))
+    for count in (0, 1, 2, 7):
+        readings.append(replace(SAMPLE_IDLE, connections=count, inflight=count))
+        readings.append(replace(SAMPLE, connections=count, inflight=0, requests_1m=count))
+    for cpu in (0.0, 4.9, 5.0, 5.1, 50.0, 100.0):
+        readings.append(replace(SAMPLE_IDLE, cpu_percent=cpu, memory_bytes=int(cpu * 1e7)))
+    return readings
 
 
 def compile_rule(key: str, source: str) -> Rule:
@@ -464,6 +581,10 @@ class Warn:
     command: tuple[str, ...] = ()
 
 
+_MAX_LIFETIME, _MIN_AWAKE, _KEEP, _SLEEP, _NOT_SLEEP = range(5)  # what decided
+_SLEEPS = (_MAX_LIFETIME, _SLEEP)
+
+
 class Policy:
     """A named inactivity policy: when a session sleeps, and what keeps it awake.
 
@@ -474,8 +595,12 @@ class Policy:
 
     A rule whose clock signals (`idle_for`, `awake_for`, `age`) are all compared
     with `duration("...")` literals, and which reads no signal that changes on its
-    own (cpu, rates, app, now), is checked exactly when it can next become true;
-    any other is also re-checked every `check_every` seconds.
+    own (cpu, rates, app, now), is checked exactly when it can next become true.
+    Open connections and requests in flight that hold it awake are watched: the
+    gateway tells the controller when they fall (`Decision.watch`), so they are not
+    polled either, as long as the rules compare them the way falling counts matter
+    (`connections == 0`, `inflight < 3` in `sleep_when`; `connections > 0` in
+    `keep_awake_when`). Any other policy is also re-checked every `check_every` seconds.
     """
 
     def __init__(
@@ -496,6 +621,17 @@ class Policy:
         self.variables = frozenset(name for rule in self.rules for name in rule.variables)
         self.needs_provider = bool(self.variables & PROVIDER_SIGNALS)
         self.predictable = all(r.predictable and not r.volatile for r in self.rules)
+        self.reads_connections = "connections" in self.variables
+        self.reads_inflight = "inflight" in self.variables
+        self.traffic_falls = _falls_to_true(sleep_when.traffic) and (
+            keep_awake_when is None or _falls_to_false(keep_awake_when.traffic)
+        )
+        self._thresholds = tuple(
+            (t.signal, t.seconds + STRICT_MARGIN if t.op in (">", "<=") else t.seconds)
+            for rule in self.rules
+            for t in rule.thresholds
+        )
+        self._windows = tuple(w for rule in self.rules for w in rule.windows)
 
     @classmethod
     def idle(cls, idle_timeout: float) -> Policy:
@@ -508,56 +644,65 @@ class Policy:
 
     def evaluate(self, signals: Signals) -> Decision:
         """The decision for `signals`; `EvaluationError` when a rule fails to run."""
-        sleep, reason = self._decide(signals)
-        if sleep:
-            return Decision(True, reason, signals.at, signals.at)
+        kind = self._decide(signals)
+        why = _Why(self, kind, signals)
+        if kind in _SLEEPS:
+            return Decision(True, why, signals.at, signals.at)
         sleep_at = self._predict(signals)
+        watch = self._held_by_traffic(signals)
         next_check = sleep_at if sleep_at is not None else math.inf
-        if not self.predictable or sleep_at is None or self._held_by_traffic(signals):
+        if (
+            not self.predictable
+            or (watch and not self.traffic_falls)
+            or (sleep_at is None and not watch)
+        ):
             next_check = min(next_check, signals.at + self.check_every)
-        return Decision(False, reason, next_check, sleep_at)
+        return Decision(False, why, next_check, sleep_at, watch)
 
     def _held_by_traffic(self, s: Signals) -> bool:
-        """Open connections or requests in flight that the rules read: they can end at any
-        moment without the controller hearing of it, so a prediction made while they last
-        (say, at max_lifetime) must not be the only check."""
+        """Open connections or requests in flight that the rules read: when they end,
+        the rule may turn true, so the gateway is asked to say so."""
         return bool(
-            (s.connections and "connections" in self.variables)
-            or (s.inflight and "inflight" in self.variables)
+            (s.connections and self.reads_connections) or (s.inflight and self.reads_inflight)
         )
 
-    def _decide(self, s: Signals) -> tuple[bool, str]:
-        if self.max_lifetime is not None and s.awake_for + _TOLERANCE >= self.max_lifetime:
-            return True, (
+    def _decide(self, s: Signals, offset: float = 0.0) -> int:
+        """What decides for `s` (`offset` seconds later): one of the kinds above."""
+        awake_for = s.awake_for + offset + _TOLERANCE
+        if self.max_lifetime is not None and awake_for >= self.max_lifetime:
+            return _MAX_LIFETIME
+        if awake_for < self.min_awake:
+            return _MIN_AWAKE
+        keep = self.keep_awake_when
+        if keep is not None and keep.holds(s, offset):
+            return _KEEP
+        return _SLEEP if self.sleep_when.holds(s, offset) else _NOT_SLEEP
+
+    def reason(self, kind: int, s: Signals) -> str:
+        """The words for what decided (`kind`) on signals `s`."""
+        if kind == _MAX_LIFETIME:
+            return (
                 f"max_lifetime: awake for {format_duration(s.awake_for)}"
-                f" >= {format_duration(self.max_lifetime)}"
+                f" >= {format_duration(self.max_lifetime or 0.0)}"
             )
-        if s.awake_for + _TOLERANCE < self.min_awake:
-            return False, (
+        if kind == _MIN_AWAKE:
+            return (
                 f"min_awake: awake for {format_duration(s.awake_for)}"
                 f" < {format_duration(self.min_awake)}"
             )
-        keep = self.keep_awake_when
-        if keep is not None and keep.holds(s):
-            return False, keep.explain(s)
-        if self.sleep_when.holds(s):
-            return True, self.sleep_when.explain(s)
-        return False, f"not {self.sleep_when.explain(s)}"
-
-    def _sleeps(self, s: Signals) -> bool:
-        """`_decide` without the reason: the prediction asks it many times."""
-        if self.max_lifetime is not None and s.awake_for + _TOLERANCE >= self.max_lifetime:
-            return True
-        if s.awake_for + _TOLERANCE < self.min_awake:
-            return False
-        keep = self.keep_awake_when
-        return not (keep is not None and keep.holds(s)) and self.sleep_when.holds(s)
+        if kind == _KEEP:
+            assert self.keep_awake_when is not None
+            return self.keep_awake_when.explain(s)
+        if kind == _SLEEP:
+            return self.sleep_when.explain(s)
+        return f"not {self.sleep_when.explain(s)}"
 
     def _predict(self, s: Signals) -> float | None:
         """When it would sleep if only time passed, looking at the instants rules can flip."""
         for delay in self._candidates(s):
             try:
-                if self._sleeps(s.later(delay)):
+                kind = self._decide(s, delay)
+                if kind in _SLEEPS:
                     return s.at + delay
             except EvaluationError:
                 return None
@@ -565,19 +710,28 @@ class Policy:
 
     def _candidates(self, s: Signals) -> list[float]:
         """Delays (s) after which some part of the policy can change by time alone."""
-        delays: set[float] = set()
-        for rule in self.rules:
-            for t in rule.thresholds:
-                delay = t.seconds - getattr(s, t.signal)
-                delays.add(delay + STRICT_MARGIN if t.op in (">", "<=") else delay)
-            for spec, tz in rule.windows:
-                edge = windows.next_change(s.now, spec, tz)
-                if edge is not None:
-                    delays.add((edge - s.now).total_seconds())
-        delays.add(self.min_awake - s.awake_for)
+        delays = {self.min_awake - s.awake_for}
+        for signal, seconds in self._thresholds:
+            delays.add(seconds - getattr(s, signal))
+        for spec, tz in self._windows:
+            edge = windows.next_change(s.now, spec, tz)
+            if edge is not None:
+                delays.add((edge - s.now).total_seconds())
         if self.max_lifetime is not None:
             delays.add(self.max_lifetime - s.awake_for)
         return sorted(d for d in delays if d > 0)[:_MAX_CANDIDATES]
+
+
+class _Why:
+    """A decision's reason, put into words only when asked (`Decision.reason`)."""
+
+    __slots__ = ("kind", "policy", "signals")
+
+    def __init__(self, policy: Policy, kind: int, signals: Signals):
+        self.policy, self.kind, self.signals = policy, kind, signals
+
+    def __call__(self) -> str:
+        return self.policy.reason(self.kind, self.signals)
 
 
 def _cel_duration(seconds: float) -> str:
