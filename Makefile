@@ -34,6 +34,7 @@ bench: compiled
 	$(BIN)/python bench/controller.py
 	$(BIN)/python bench/savings.py
 	$(BIN)/python bench/docker.py
+	$(BIN)/python bench/readiness.py
 
 # The hot path compiled with mypyc into build/mypyc/; used while its sources are unchanged
 # (see src/siesta/_native.py). `make pure` goes back to Python; so does SIESTA_PURE=1.

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import quote
 
 import typer
 from rich import box
@@ -404,7 +403,7 @@ def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml
     and when the session would sleep if nothing but time changed."""
     client, _ = _client(config)
     try:
-        answer = client.request("GET", f"/api/sessions/{quote(session, safe='')}/explain")
+        answer = client.explain(session)
     except AdminError as exc:
         _fail(exc)
     _print_explanation(answer)
