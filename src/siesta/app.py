@@ -59,6 +59,7 @@ class Siesta:
         self.config = config
         # one process per SQLite file; replicas share a Redis store and a state folder
         self._lock = _lock_state_dir(config.state_dir) if config.store_path else None
+        config.state_dir.mkdir(parents=True, exist_ok=True)  # logs, the admin token
         self.health = Health()
         self.store = open_store(config.store, config.instance_id)
         self.docker: DockerProvider | None = None

@@ -45,6 +45,9 @@ UNKNOWN_ENDPOINT = Endpoint("", 0)
 """Where a backend left by another replica's interrupted wake listens, before the provider
 has found it (its record may not have reached the store)."""
 
+CLAIM_TRIES = 3
+"""Attempts to take a wake lease before a held request gets 503 (Redis timed out)."""
+
 STOP_RETRY_MAX = 30.0
 """Seconds between retries of a stop that failed, at most (the session stays STOPPING)."""
 
@@ -136,6 +139,7 @@ class Lifecycle:
         self._changed: dict[str, asyncio.Event] = {}  # waiters for another replica's move
         self._unreachable: dict[str, int] = {}  # fences of awake backends we cannot adopt
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
         provider.set_exit_handler(self._backend_exited)
 
     def get(self, session_id: str) -> Session | None:
@@ -243,6 +247,7 @@ class Lifecycle:
         Backends are stopped whatever the store does: records that cannot be written
         within `SHUTDOWN_FLUSH` are reported as lost, and the shutdown goes on.
         """
+        self._closing = True
         for wake in list(self._wakes.values()):
             wake.task.cancel()
         await asyncio.gather(*(w.task for w in list(self._wakes.values())), return_exceptions=True)
@@ -251,7 +256,11 @@ class Lifecycle:
             sleeps = [self.sleep(s.id, "siesta shut down") for s in awake]
             await asyncio.gather(*sleeps, return_exceptions=True)
         elif not await self._hand_over():
-            mine = [s for s in awake if self._provider.alive(s.id)]
+            mine = [
+                s
+                for s in self.sessions.values()
+                if s.state is State.AWAKE and self._provider.alive(s.id)
+            ]
             await asyncio.gather(*(self._stop_at_shutdown(s) for s in mine))
         stops = list(self._stops.values())
         if stops:
@@ -300,8 +309,16 @@ class Lifecycle:
             if stopping is not None:
                 await asyncio.shield(stopping)
                 continue
+            if self._closing:
+                raise WakeError("siesta is shutting down", retry_after=5.0)
             wake = self._wakes.get(session_id) or self._begin_wake(session, reason)
-            await asyncio.shield(wake.task)
+            try:
+                await asyncio.shield(wake.task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not wake.task.cancelled() or (current is not None and current.cancelling()):
+                    raise
+                # the wake itself was cancelled (shutdown): look again
         return session
 
     def _begin_wake(self, session: Session, reason: str) -> _Wake:
@@ -372,9 +389,14 @@ class Lifecycle:
             await self._stop_backend(session)
             self._start_failed(session, _why(exc))
             raise WakeError(f"session {session.id!r} did not start: {_why(exc)}") from exc
-        if not await self._shared_move(session, State.WAKING, State.AWAKE, reason, release=True):
-            await self._lost_lease(session)
-            raise WakeError(f"session {session.id!r}: another replica took its wake over")
+        moved = await self._shared_move(session, State.WAKING, State.AWAKE, reason, release=True)
+        if not moved:
+            if not await self._lost_lease(session):
+                return  # the wake goes on there: `wake` follows it
+            self._mark_awake_now(session)  # the replica that took over kept our backend
+            old, session.state = session.state, State.AWAKE
+            self._notify(session, old)
+            return
         session.failures = 0
         self._mark_awake_now(session)
         self._move(session, State.AWAKE, reason, wake_seconds=self._clock.monotonic() - began)
@@ -632,34 +654,41 @@ class Lifecycle:
         shared = self._shared
         if shared is None:
             return True
-        try:
-            done, _, _ = await shared.move(session, expect, new, reason, release=release)
-        except Exception as exc:
-            log.warning("%s: %s -> %s not told to the replicas: %s", session.id, expect, new, exc)
-            return True
-        return done
+        for attempt in range(CLAIM_TRIES):
+            try:
+                done, state, fence = await shared.move(
+                    session, expect, new, reason, release=release
+                )
+            except Exception as exc:  # a timeout may hide a move made: ask again
+                if attempt + 1 < CLAIM_TRIES:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                    continue
+                log.warning(
+                    "%s: %s -> %s not told to the replicas: %s", session.id, expect, new, exc
+                )
+                return True
+            return done or (state is new and fence == session.fence)  # ours, made before
+        return True
 
     def _keep_lease(self, session: Session) -> asyncio.Task[None] | None:
-        """Renew our wake lease while the backend starts; cancel the wake if it is lost."""
+        """Renew our wake lease while the backend starts. A lease found lost is not acted
+        on here: the move to AWAKE then fails, and `_lost_lease` sorts it out."""
         shared = self._shared
         if shared is None:
             return None
-        wake = asyncio.current_task()
         fence = session.fence
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(shared.beat_every)
                 try:
-                    if await shared.renew(session.id, fence):
-                        continue
+                    if not await shared.renew(session.id, fence):
+                        log.warning(
+                            "%s: the wake lease was lost (this replica stalled)", session.id
+                        )
+                        return
                 except Exception as exc:  # Redis away: nobody can take the wake over either
                     log.debug("%s: lease not renewed: %s", session.id, exc)
-                    continue
-                log.warning("%s: the wake lease was lost; wake abandoned", session.id)
-                if wake is not None:
-                    wake.cancel()
-                return
 
         return asyncio.create_task(renew(), name=f"lease {session.id}")
 
@@ -675,9 +704,7 @@ class Lifecycle:
         deadline = self._clock.monotonic() + self._start_timeout
         while True:
             try:
-                claim = await shared.claim(
-                    session.id, reason, self._unreachable.get(session.id), session.fence
-                )
+                claim = await self._try_claim(shared, session, reason)
             except Exception as exc:
                 raise WakeError(
                     f"session {session.id!r} cannot be woken safely now: the replicas' Redis"
@@ -698,6 +725,22 @@ class Lifecycle:
             await self._another_move(session.id, claim.wait + 0.05)
             if session.state is State.AWAKE:
                 return False, None
+
+    async def _try_claim(self, shared: Replicas, session: Session, reason: str) -> Any:
+        """`Replicas.claim`, tried `CLAIM_TRIES` times: a timeout under load is not an
+        outage. A Redis that refuses connections fails at once."""
+        for attempt in range(CLAIM_TRIES):
+            try:
+                return await shared.claim(
+                    session.id, reason, self._unreachable.get(session.id), session.fence
+                )
+            except ConnectionRefusedError:
+                raise
+            except Exception as exc:
+                if attempt + 1 == CLAIM_TRIES or "refused" in str(exc).lower():
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _claimed(
         self, session: Session, fence: int, prior: State, reason: str, claim: Any
@@ -723,11 +766,10 @@ class Lifecycle:
             log.warning("%s: adopting the backend of another replica failed: %s", session.id, exc)
             found = []
         if not found:
+            log.info("%s: the backend awake on another replica cannot be adopted", session.id)
             return False
-        if session.fence > fence:  # a newer move came in meanwhile
-            return session.state is State.AWAKE
         old = session.state
-        session.fence = fence
+        session.fence = max(session.fence, fence)
         self._set_backend(session, found[0])
         session.state = State.AWAKE
         self._mark_awake_now(session)
@@ -735,12 +777,32 @@ class Lifecycle:
         self._moved(session.id)
         return True
 
-    async def _lost_lease(self, session: Session) -> None:
-        """Our wake was taken over (we stalled past the lease): stop our backend, quietly."""
+    async def _lost_lease(self, session: Session) -> bool:
+        """Our wake lease expired before the backend was ready, and another replica took
+        the wake over. It may have adopted our backend: then it is the session's, and
+        the wake succeeded after all (True). Otherwise ours is stopped (False)."""
+        shared = self._shared
+        assert shared is not None
+        ours = session.pid
+        deadline = self._clock.monotonic() + 2 * shared.lease_ttl
+        record = None
+        while self._clock.monotonic() < deadline:
+            try:
+                record = await shared.store.record(session.id)
+            except Exception as exc:
+                log.warning("%s: could not read its state from Redis: %s", session.id, exc)
+            if record is not None and record.state in (State.AWAKE, State.ASLEEP, State.FAILED):
+                break
+            await self._another_move(session.id, 0.5)
+        if record is not None and record.state is State.AWAKE and record.pid == ours:
+            session.fence = record.fence
+            return True
         await self._stop_backend(session)
         session.endpoint = session.pid = session.pid_started = None
         self._move(session, State.ASLEEP, "wake taken over by another replica")
-        await self._catch_up(session)
+        if record is not None:
+            await self._mirror(session, record)
+        return False
 
     async def _catch_up(self, session: Session) -> None:
         """Read the session's state from Redis and mirror it."""
@@ -770,8 +832,12 @@ class Lifecycle:
         session = self.sessions.get(moved.session)
         if session is None or moved.fence < session.fence:
             return
-        if moved.fence > session.fence and session.state is State.AWAKE:
-            # woken again elsewhere: a backend of ours it could not reach is superseded
+        if (
+            moved.new is State.AWAKE
+            and moved.fence > session.fence
+            and session.state is State.AWAKE
+            and session.pid not in (None, moved.pid)
+        ):  # woken again elsewhere, with another backend: ours (unreachable there) goes
             self._spawn(self._stop_backend(session))
         if session.id in self._wakes or session.id in self._stops:
             self._moved(session.id)  # our own wake or sleep finds out by its lease
@@ -873,10 +939,10 @@ class Lifecycle:
         session.endpoint = session.pid = session.pid_started = None
         session.awake_since = None
         old, session.state = session.state, State.ASLEEP
-        reason = "siesta shut down"
-        self._record(session, old, reason)
         self._notify(session, old)
-        await self._shared_move(session, State.AWAKE, State.ASLEEP, reason)
+        reason = "siesta shut down"
+        if await self._shared_move(session, State.AWAKE, State.ASLEEP, reason):
+            self._record(session, old, reason)
 
 
 def _why(exc: BaseException) -> str:

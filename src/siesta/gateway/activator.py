@@ -64,7 +64,7 @@ class Activator:
         gw = self.gw
         target = req.target[:80].decode("latin-1")
         reason = f"request {req.method.decode('latin-1')} {target}"
-        wake = asyncio.ensure_future(gw.lifecycle.wake(session.id, reason))
+        wake = asyncio.ensure_future(_until_awake(gw, session, reason))
         try:
             if gw.waiting_page and _wants_page(req):
                 done, _ = await asyncio.wait({wake}, timeout=gw.waiting_page_after)
@@ -72,6 +72,12 @@ class Activator:
                     self._waiting_page(conn, req, session, wake)
                     return
             await asyncio.wait_for(wake, gw.wake_timeout)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the client went away, or the gateway closes
+            why = f"session {session.id!r}: its wake was abandoned"
+            self._unavailable(conn, req, why, 1.0)  # the wake's own cancel is an answer too
         except TimeoutError:
             why = f"session {session.id!r} did not wake within {gw.wake_timeout:g}s"
             self._unavailable(conn, req, why, 5.0)
@@ -118,6 +124,17 @@ class Activator:
             body=waiting_page(session.id).encode(),
             content_type=b"text/html; charset=utf-8",
         )
+
+
+async def _until_awake(gw: Gateway, session: Session, reason: str) -> Session:
+    """Wake `session` until it is AWAKE: with replicas, a session just woken may be taken
+    over by another replica's wake before the request is forwarded; then it waits for
+    that one (the caller bounds the whole by wake_timeout)."""
+    while True:
+        await gw.lifecycle.wake(session.id, reason)
+        if session.state is State.AWAKE and session.endpoint is not None:
+            return session
+        await asyncio.sleep(0)
 
 
 def _wants_page(req: Request) -> bool:

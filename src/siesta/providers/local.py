@@ -90,7 +90,8 @@ class LocalProvider:
         env.update(PORT=str(port), SIESTA_SESSION=session, SIESTA_BASE_URL=values["base_url"])
         if self._instance is not None:  # not secret: how find_backends knows its own
             env[INSTANCE_ENV] = self._instance
-        popen = self._spawn(session, argv, env, tpl.cwd)
+        # fork+exec of a large process takes tens of ms on a busy machine: off the loop
+        popen = await asyncio.to_thread(self._spawn, session, argv, env, tpl.cwd)
         proc = self._watch(session, popen.pid, popen)
         return RunningBackend(session, Endpoint(self._host, port), proc.pid, proc.started)
 

@@ -9,7 +9,7 @@ Keys, all under `siesta:<instance>:` (several deployments may share one Redis):
 
 - `sessions`: a set of session ids; `s:<id>`: a hash per session (template, labels,
   state, host, port, pid, pid_started, last_seen, created, updated, fence). A record
-  is written only if its `fence` is not older than the stored one.
+  is written only if it is newer: a higher `fence`, or the same and a later `updated`.
 - `events`: a stream of transitions (session, old, new, reason, wake, at), trimmed by
   `prune` to the retention.
 - `ledger`: a hash of each session's savings account (`siesta.ledger`), as JSON.
@@ -41,9 +41,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("siesta.store")
 
-SOCKET_TIMEOUT = 2.0
-"""Seconds a Redis call may take before it fails: Redis answers in well under a
-millisecond, so this only ends calls to a Redis that is gone or stuck."""
+SOCKET_TIMEOUT = 5.0
+"""Seconds a Redis call (or a connect) may take before it fails: Redis answers in well
+under a millisecond, so this only ends calls to a Redis that is gone or stuck, or
+made by a replica whose event loop a storm of wakes keeps busy for seconds."""
+
+MAX_CONNECTIONS = 2000
+"""Connections to Redis per replica at most: a storm of wakes makes one call per session
+at once (Redis serves 10,000 clients by default); beyond this a call fails at once."""
 
 EVENTS_PAGE = 1000
 """Stream entries read per call while filtering events."""
@@ -61,6 +66,10 @@ return 1
 _SAVE = """
 local stored = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if tonumber(ARGV[1]) < stored then return 0 end
+if tonumber(ARGV[1]) == stored and
+   tonumber(ARGV[3]) < tonumber(redis.call('HGET', KEYS[1], 'updated') or '0') then
+  return 0  -- a late write of an older state of the same wake (a replica moved it since)
+end
 redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'state', ARGV[2], 'updated', ARGV[3],
            'template', ARGV[4], 'labels', ARGV[5])
 redis.call('HSETNX', KEYS[1], 'created', ARGV[6])
@@ -105,8 +114,9 @@ def connect(conf: StoreConf) -> aioredis.Redis:
     """A client of the Redis `conf` names, with short timeouts (it connects lazily)."""
     url = conf.redis_url
     assert url is not None
-    return aioredis.Redis.from_url(
+    pool = aioredis.ConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
         password=read_password(conf),
         username=conf.username,
         decode_responses=True,
@@ -114,6 +124,7 @@ def connect(conf: StoreConf) -> aioredis.Redis:
         socket_connect_timeout=SOCKET_TIMEOUT,
         health_check_interval=10,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisStore:
