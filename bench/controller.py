@@ -465,7 +465,7 @@ async def bench(seconds: float, tmp: Path) -> dict[str, Any]:
     await lifecycle.start(Population(REGISTERED))
     ids = list(lifecycle.sessions)  # the sessions' own id strings: nothing extra is held
     registered_in = time.perf_counter() - began
-    controller = Controller(lifecycle, config.template_policies(), provider=provider)
+    controller = Controller(lifecycle, config.template_policies())
     awake = AwakeSet()
     lifecycle.listeners.append(awake.on_transition)
     listened = Listened()

@@ -343,7 +343,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
     provider = KedaProvider(config.templates)
     lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
     await lifecycle.start(config.sessions)
-    controller = Controller(lifecycle, config.template_policies(), provider=provider, clock=clock)
+    controller = Controller(lifecycle, config.template_policies(), clock=clock)
     servicer = ExternalScaler(lifecycle)
     try:
         assert (await servicer.IsActive(ref(), None)).result is False

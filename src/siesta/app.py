@@ -30,6 +30,7 @@ from siesta.providers.dispatch import ByTemplate
 from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.resources import Sampler, sampler_templates
 from siesta.store.sqlite import SqliteStore
 
 log = logging.getLogger("siesta")
@@ -78,6 +79,7 @@ class Siesta:
         )
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
+        self.sampler: Sampler | None = None
         self.prober: Prober | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,14 +114,22 @@ class Siesta:
         await self.lifecycle.start(self.config.sessions)
         if self.docker is not None:  # before the gateway: orphans go, exits are followed
             await self.docker.begin()
-        self.controller = Controller(
-            self.lifecycle, self.config.template_policies(), provider=self.provider
+        policies = self.config.template_policies()
+        self.sampler = Sampler(
+            self.lifecycle,
+            self.provider,
+            sampler_templates(
+                {name: t.cpu_window for name, t in self.config.templates.items()},
+                {name: p.needs_provider for name, p in policies.items()},
+            ),
         )
+        self.controller = Controller(self.lifecycle, policies, resources=self.sampler)
         self.prober = Prober(
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
         self._tasks = [
             _guarded(self.controller.run(), "controller"),
+            _guarded(self.sampler.run(), "resource sampler"),
             _guarded(self._flush_activity(), "activity flush"),
         ]
         keda = self.config.keda
@@ -148,6 +158,8 @@ class Siesta:
         if self.controller is not None:
             await self.controller.close()
         await self.lifecycle.shutdown()
+        if self.sampler is not None:
+            await self.sampler.close()  # the last samples of the sessions stopped above
         self._write_activity()
         self.store.close()
         self._lock.close()

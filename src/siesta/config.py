@@ -33,7 +33,15 @@ from pydantic_core import ErrorDetails
 from siesta.core import activity
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import parse_duration
-from siesta.core.policy import Policy, PolicyError, Rule, Warn, check_app, compile_rule
+from siesta.core.policy import (
+    PROVIDER_SIGNALS,
+    Policy,
+    PolicyError,
+    Rule,
+    Warn,
+    check_app,
+    compile_rule,
+)
 from siesta.core.routing import RoutingMode
 
 Loc = tuple[str | int, ...]
@@ -373,6 +381,14 @@ class TemplateConf(_Model):
         "10s",
         "Seconds between SIGTERM and SIGKILL when a backend is put to sleep. 10s: "
         "Docker's default, plenty for a clean exit.",
+    )
+    cpu_window: PositiveDuration = _duration(
+        "30s",
+        "Seconds the cpu_percent signal averages over: the backend's CPU use (its whole "
+        "process tree or container; 100 = one core) over the last cpu_window, sampled "
+        "every cpu_window/6 on a timer of its own. 30s: a job that computes in bursts "
+        "(a training loop writing checkpoints, a kernel between cells) still shows up, "
+        "and a finished one lets the session sleep half a minute later.",
     )
     env: dict[str, str] = Field(
         default_factory=dict,
@@ -773,6 +789,7 @@ class Config(_Model):
             else:
                 self._policies[name] = named[template.policy]
                 problems += _app_problems(name, template, named[template.policy])
+                problems += _resource_problems(name, template, named[template.policy])
         return problems
 
     def policy_for(self, template: str) -> Policy:
@@ -855,6 +872,27 @@ def _docker_problems(template: TemplateConf) -> list[tuple[Loc, str]]:
     problems += [((key,), why) for key, why in _NOT_FOR_DOCKER.items() if key in given]
     if template.ready.tcp and template.network is None:
         problems.append((("ready", "tcp"), _TCP_THROUGH_PROXY))
+    return problems
+
+
+MEASURING_PROVIDERS = frozenset({"local", "docker"})
+"""The providers whose `measures()` is true: they give cpu_percent and memory_bytes."""
+
+
+def _resource_problems(name: str, template: TemplateConf, policy: Policy) -> list[tuple[Loc, str]]:
+    """Rules reading cpu_percent or memory_bytes on a provider that cannot measure them."""
+    if template.provider in MEASURING_PROVIDERS:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for rule in policy.rules:
+        reads = [v for v in rule.variables if v in PROVIDER_SIGNALS]
+        if reads:
+            message = (
+                f"reads {', '.join(reads)}, which provider {template.provider} of template "
+                f"{name!r} cannot measure (siesta does not read the cluster's metrics): "
+                "rely on traffic or an activity probe (app.*)"
+            )
+            problems.append((("policies", policy.name, rule.key), message))
     return problems
 
 

@@ -41,8 +41,7 @@ from typing import Any
 from siesta.config import Config
 from siesta.core.model import Session, State
 from siesta.core.policy import EvaluationError, Policy
-from siesta.providers.base import BackendStatus
-from siesta.signals import RateWindow, read_signals
+from siesta.signals import RateWindow, Window, read_signals
 
 EVENTS = ("request", "connect", "disconnect", "cpu", "app")
 """The kinds of trace rows."""
@@ -369,9 +368,9 @@ class _Replay:
         rates = (0, 0)
         if sim.window is not None and policy.variables & _RATE_SIGNALS:
             rates = sim.window.sample(at, session.activity.requests, session.activity.bytes)
-        status = BackendStatus(running=True, cpu_percent=sim.cpu)
+        window = Window(cpu_percent=sim.cpu, memory_bytes=0)
         signals = read_signals(
-            session, monotonic=at, wall=at, rates=rates, status=status, app=sim.app
+            session, monotonic=at, wall=at, rates=rates, window=window, app=sim.app
         )
         try:
             decision = policy.evaluate(signals)
