@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -88,7 +89,13 @@ class Siesta:
     def _provider(self) -> Provider:
         """The local provider alone, or each kind the templates name behind a router."""
         templates = self.config.templates
-        local = LocalProvider(templates, self.config.log_dir, base_url=self._base_url)
+        local = LocalProvider(
+            templates,
+            self.config.log_dir,
+            base_url=self._base_url,
+            instance=self.config.instance_id,
+            cgroups=os.environ.get("SIESTA_CGROUPS", "auto") != "off",
+        )
         kinds = {name: t.provider for name, t in templates.items()}
         if set(kinds.values()) == {"local"}:
             return local
