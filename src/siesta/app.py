@@ -58,10 +58,17 @@ class Siesta:
             self.store,
             self.provider,
             start_timeout=config.gateway.wake_timeout,
+            base_url=self._base_url,
         )
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
-            ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
+            ScalerServer(
+                ExternalScaler(
+                    self.lifecycle,
+                    config.keda.scaled_objects,
+                    unknown_sessions=config.keda.unknown_sessions,
+                )
+            )
             if config.keda is not None
             else None
         )
@@ -99,7 +106,8 @@ class Siesta:
         kinds = {name: t.provider for name, t in templates.items()}
         if set(kinds.values()) == {"local"}:
             return local
-        providers: dict[str, Provider] = {"local": local, "keda": KedaProvider(templates)}
+        keda = KedaProvider(templates, base_url=self._base_url)
+        providers: dict[str, Provider] = {"local": local, "keda": keda}
         if "docker" in kinds.values():
             self.docker = DockerProvider(
                 templates,

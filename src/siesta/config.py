@@ -43,6 +43,8 @@ from siesta.core.policy import (
     compile_rule,
 )
 from siesta.core.routing import RoutingMode
+from siesta.providers.keda import name_problem
+from siesta.readiness import ReadySpec, placeholder_problem
 
 Loc = tuple[str | int, ...]
 """Where a value sits in the config: mapping keys and list indices, outermost first."""
@@ -52,7 +54,11 @@ NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})$"
 
 _DOMAIN_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
 _HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
+LOCAL_READY_EVERY = 0.025  # seconds: readiness probes of a local or docker backend, at most
+REMOTE_READY_EVERY = 0.25  # seconds: of a keda backend (a pod takes seconds anyway)
+
 _HTTP_PATH_PATTERN = r"^/"
+_PROBE_PATH_PATTERN = r"^(/|\{base_url\})"
 _URL_PATTERN = r"^https?://[^\s/]+"
 _DURATION_PATTERN = r"^\d+(\.\d+)?$|^(\d+(\.\d+)?(ms|[dhms]))+$"
 _APP_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -66,6 +72,7 @@ _PATTERN_HINTS = {
     _DOMAIN_PATTERN: "must be a host name, e.g. localhost or example.com",
     _HEADER_PATTERN: "must be a header name (letters, digits and '-'), e.g. X-Siesta-Session",
     _HTTP_PATH_PATTERN: "must be a path starting with '/', e.g. /healthz",
+    _PROBE_PATH_PATTERN: "must be a path starting with '/' or {base_url}, e.g. /healthz",
     _URL_PATTERN: "must be an http:// or https:// URL, e.g. http://127.0.0.1:9000/hook",
     _APP_KEY_PATTERN: "must be a CEL name (letters, digits and '_'), e.g. busy_workers",
     _NO_SPACE_PATTERN: "must be one word, without spaces",
@@ -264,19 +271,38 @@ class ReadyConf(_Model):
 
     http: str | None = Field(
         default=None,
-        pattern=_HTTP_PATH_PATTERN,
-        description="Ready once an HTTP GET of this path (starting with /) is answered.",
+        pattern=_PROBE_PATH_PATTERN,
+        description="Ready once an HTTP GET of this path is answered below 500. It starts "
+        "with / or {base_url} and may use {base_url} (the session's base URL, / unless "
+        "the prefix is kept), {session} and {port}, e.g. {base_url}api/status.",
     )
     tcp: bool = Field(
         default=False,
         description="Ready once the backend's port accepts a TCP connection; needs nothing "
         "from the app, which is why templates use it by default.",
     )
+    timeout: PositiveDuration = _duration(
+        "1s",
+        "Seconds one readiness probe gets to connect and read its answer's status line; "
+        "a probe that takes longer counts as not ready. 1s: a ready backend answers in "
+        "milliseconds, and one that accepts and never answers cannot hold a wake.",
+    )
+    every: PositiveDuration | None = Field(
+        default=None,
+        description="Longest wait between readiness probes, growing from 1ms. Unset by "
+        "default: 25ms for local and docker backends (a wake costs little more than the "
+        "start), 250ms for keda ones (a pod takes seconds; fewer probes, fewer DNS "
+        "lookups).",
+        json_schema_extra={"default": "25ms local, 250ms keda"},
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
         if (self.http is not None) == self.tcp:
             raise ValueError("set exactly one of http (a path, e.g. /healthz) or tcp: true")
+        problem = None if self.http is None else placeholder_problem(self.http)
+        if problem is not None:
+            raise _NestedProblems([(("http",), problem)])
         return self
 
 
@@ -298,8 +324,9 @@ class ActivityConf(_Model):
     )
     http: str | None = Field(
         default=None,
-        pattern=_HTTP_PATH_PATTERN,
-        description="A path (starting with /) answering a JSON document, read with `map`.",
+        pattern=_PROBE_PATH_PATTERN,
+        description="A path answering a JSON document, read with `map`; it starts with / "
+        "or {base_url} and may use {base_url}, {session} and {port}, as ready.http.",
     )
     map: dict[Annotated[str, StringConstraints(pattern=_APP_KEY_PATTERN)], str] | None = Field(
         default=None,
@@ -333,6 +360,9 @@ class ActivityConf(_Model):
     def _one_kind(self) -> Self:
         if (self.preset is None) == (self.http is None):
             raise ValueError("set exactly one of preset (jupyter) or http (a path, e.g. /status)")
+        problem = None if self.http is None else placeholder_problem(self.http)
+        if problem is not None:
+            raise _NestedProblems([(("http",), problem)])
         if self.preset is not None and (self.map is not None or self.headers):
             raise ValueError("map and headers go with http, not with a preset")
         if self.http is not None and self.token is not None:
@@ -428,6 +458,13 @@ class TemplateConf(_Model):
         "`command`), `keda` (a Kubernetes workload KEDA scales, reached at `address`) or "
         "`docker` (a container per session, from `image`: see docs/docker.md). local by "
         "default: it needs nothing but this machine.",
+    )
+    scaled_object: str | None = Field(
+        default=None,
+        description="For provider keda: the name of the session's ScaledObject, {session} "
+        "filled in, e.g. nb-{session}. Only checked: keda-hpa-<name> (the HPA KEDA makes) "
+        "must fit in 63 characters, so too long a session id is refused. Unset by default: "
+        "the first label of address's host, as deploy/kubernetes/session-example names it.",
     )
     address: str | None = Field(
         default=None,
@@ -533,6 +570,19 @@ class TemplateConf(_Model):
         if reserved:
             raise ValueError(f"{', '.join(reserved)}: keys starting with siesta. are siesta's")
         return value
+
+    @property
+    def remote(self) -> bool:
+        """Whether the backend runs elsewhere (keda): siesta neither starts nor stops it."""
+        return self.provider == "keda"
+
+    @property
+    def ready_spec(self) -> ReadySpec:
+        """How readiness is checked: the path, the probe's timeout, the longest interval."""
+        every = self.ready.every
+        if every is None:
+            every = REMOTE_READY_EVERY if self.remote else LOCAL_READY_EVERY
+        return ReadySpec(self.ready.http, self.ready.timeout, every)
 
     @field_validator("cwd")
     @classmethod
@@ -687,6 +737,14 @@ class KedaConf(_Model):
     tls: TlsConf | None = Field(
         default=None, description="Serve TLS with {cert, key}. Unset by default: plaintext."
     )
+    unknown_sessions: Literal["inactive", "error"] = Field(
+        default="inactive",
+        description="What KEDA hears about a session siesta does not know (deleted, or "
+        "never created): inactive answers IsActive false and metric 0, with a log line, "
+        "so KEDA scales its workload to zero; error answers NOT_FOUND, on which KEDA "
+        "neither scales up nor down. inactive by default: a lost session must never keep "
+        "a pod running, or freeze it, forever.",
+    )
     scaled_objects: dict[str, Name] = Field(
         default_factory=dict,
         description="Sessions of ScaledObjects whose trigger has no `session` metadata, by "
@@ -761,6 +819,12 @@ class Config(_Model):
         ]
         unknown += self._link_policies()
         unknown += _provider_problems(self.templates)
+        unknown += [
+            (("sessions", sid), problem)
+            for sid, conf in self.sessions.items()
+            if conf.template in self.templates
+            and (problem := self.session_problem(sid, conf.template)) is not None
+        ]
         if self.keda is None:
             unknown += [
                 (("templates", name, "provider"), _NO_KEDA)
@@ -791,6 +855,14 @@ class Config(_Model):
                 problems += _app_problems(name, template, named[template.policy])
                 problems += _resource_problems(name, template, named[template.policy])
         return problems
+
+    def session_problem(self, session_id: str, template: str) -> str | None:
+        """Why `session_id` cannot run `template` (a keda template makes Kubernetes names
+        of it, which have rules), or None; the API asks it of new sessions too."""
+        conf = self.templates.get(template)
+        if conf is None or conf.provider != "keda" or conf.address is None:
+            return None
+        return name_problem(conf.address, conf.scaled_object, session_id)
 
     def policy_for(self, template: str) -> Policy:
         """The policy that puts sessions of `template` to sleep (idle_timeout if none named)."""

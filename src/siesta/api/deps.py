@@ -42,6 +42,8 @@ class Services:
     """The controller once it runs (None before): read `next_due`, `policy_of`, ..."""
     logs: Callable[[str, int], Awaitable[str]] = no_logs
     """`Provider.logs`: (session, lines) -> the last lines of its backend's output."""
+    check_new: Callable[[str, str], str | None] = lambda session, template: None
+    """`Config.session_problem`: why a new session (id, template) cannot be, or None."""
 
     def next_due(self, session_id: str) -> float | None:
         """The controller's next policy check of a session (monotonic), if it knows one."""

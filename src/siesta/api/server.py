@@ -54,7 +54,13 @@ class AdminServer:
         self.metrics = SiestaMetrics(lifecycle, held, controller)
         self.hub = EventHub(lifecycle)
         self.services = Services(
-            lifecycle, store, self.metrics, self.hub, controller, logs=logs or no_logs
+            lifecycle,
+            store,
+            self.metrics,
+            self.hub,
+            controller,
+            logs=logs or no_logs,
+            check_new=config.session_problem,
         )
         self.token = ""
         self._server: _Server | None = None

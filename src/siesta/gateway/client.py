@@ -83,6 +83,7 @@ class Request:
     response_done = False
     counted = False  # counted in the session's `inflight`
     hold: asyncio.Task[None] | None = None
+    rechecked = False  # held once already while a remote backend's readiness was re-checked
     early = b""  # bytes after an upgrade request's head
     head: bytes | None = None  # the head to send upstream, when already built
 
@@ -338,11 +339,13 @@ class ClientConnection(asyncio.Protocol):
                 lambda: UpstreamConnection(pool, endpoint), endpoint.host, endpoint.port
             )
         except OSError as exc:
-            self._finish_count(req)
-            self.respond(req, 502, f"the backend refused the connection ({exc.strerror or exc})")
-            return
-        finally:
             req.hold = None
+            self._finish_count(req)
+            if not self.gw.activator.recheck(self, req):  # a remote backend may be moving
+                why = f"the backend refused the connection ({exc.strerror or exc})"
+                self.respond(req, 502, why)
+            return
+        req.hold = None
         if self.closing or req is not self.current:
             up.close()
             return
