@@ -29,6 +29,7 @@ PROTECTED = [
     ("GET", "/api/events"),
     ("GET", "/api/events/stream"),
     ("GET", "/api/savings"),
+    ("GET", "/api/savings/advise"),
 ]
 
 
@@ -257,30 +258,6 @@ def test_the_event_stream_replays_from_since(
             assert [next(data)["new"], next(data)["new"]] == ["WAKING", "AWAKE"]
             api.post("/api/sessions/alice/sleep")
             assert [next(data)["new"], next(data)["new"]] == ["STOPPING", "ASLEEP"]
-
-
-def test_savings_per_session_and_total(siesta: Launcher, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GET /api/savings: awake, asleep and always-on seconds for each session and in all."""
-    sessions = {"alice": {"template": "web"}, "bob": {"template": "web"}}
-    _, base = launch_admin(siesta, monkeypatch, sessions=sessions)
-    with client(base) as api:
-        api.post("/api/sessions/alice/wake")
-        time.sleep(0.5)
-        api.post("/api/sessions/alice/sleep")
-        savings = api.get("/api/savings").json()
-    alice, bob, total = savings["sessions"]["alice"], savings["sessions"]["bob"], savings["total"]
-    assert alice["awake_seconds"] >= 0.5
-    assert alice["wakes"] == 1
-    assert alice["sleeps"] == 1
-    assert bob["awake_seconds"] == 0
-    assert bob["asleep_seconds"] > 0
-    assert bob["saved_fraction"] == 1.0
-    for usage in (alice, bob, total):
-        assert usage["always_on_seconds"] == pytest.approx(
-            usage["awake_seconds"] + usage["asleep_seconds"]
-        )
-    assert total["awake_seconds"] == pytest.approx(alice["awake_seconds"] + bob["awake_seconds"])
-    assert total["wakes"] == 1
 
 
 def test_openapi_describes_every_route(siesta: Launcher, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
 from siesta.resources import Sampler, sampler_templates
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.sqlite import SqliteStore
 
 log = logging.getLogger("siesta")
@@ -60,6 +61,7 @@ class Siesta:
             start_timeout=config.gateway.wake_timeout,
             base_url=self._base_url,
         )
+        self.ledger = LedgerKeeper(self.store, self.lifecycle)  # before start: sees re-adoptions
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(
@@ -81,6 +83,7 @@ class Siesta:
                 held=lambda: self.gateway.activator.held,
                 controller=lambda: self.controller,
                 logs=self.provider.logs,
+                ledger=self.ledger,
             )
             if admin
             else None

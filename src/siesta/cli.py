@@ -533,6 +533,99 @@ def _print_replay(report: replay.Report, timeline: bool) -> None:
                 console.print(replay.describe(change), markup=False, highlight=False)
 
 
+# What sleeping saved: `siesta report` and `siesta advise` (logic in siesta.savings) ---
+
+
+TraceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--trace",
+        "-t",
+        help="Report on a recorded trace replayed against the policies "
+        "(see `siesta policy replay`) instead of the store.",
+    ),
+]
+
+
+def _snapshot(conf: Config, trace: Path | None, wake_time: str, timeline: str) -> Any:
+    from siesta.savings import offline
+
+    try:
+        if trace is not None:
+            return offline.from_trace(conf, trace, parse_duration(wake_time))
+        return offline.from_store(conf, parse_duration(timeline))
+    except offline.NoData as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def report(
+    config: ConfigOption = Path("siesta.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write an HTML report with charts here.")
+    ] = None,
+    timeline: Annotated[
+        str, typer.Option(help="How far back the HTML's awake timeline goes (a duration).")
+    ] = "24h",
+    trace: TraceOption = None,
+    wake_time: Annotated[
+        str, typer.Option("--wake-time", help="With --trace: how long a wake takes.")
+    ] = "0s",
+) -> None:
+    """What sleeping saved, per session and per template: awake share, wakes, wake time
+    p50/p95, and $ and kg CO2e saved against always-on (read from the store, so it
+    works whether siesta runs or not)."""
+    from siesta.savings import charts, costing
+    from siesta.savings import html as html_report
+    from siesta.savings import report as reporting
+
+    conf = _load(config)
+    snap = _snapshot(conf, trace, wake_time, timeline)
+    built = reporting.build(
+        snap.accounts, conf.savings, costing.model_of(conf), snap.end, snap.active
+    )
+    if html is not None:
+        try:
+            drawn = charts.all_charts(built, snap.spans, snap.start, snap.end)
+        except charts.ChartsUnavailable as exc:
+            err.print(f"[red]error[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        html.write_text(html_report.render(built, drawn), encoding="utf-8")
+        err.print(f"wrote {html}", highlight=False)
+    if as_json:
+        print(json.dumps(reporting.to_json(built), indent=2))
+    else:
+        console.print(reporting.render(built))
+
+
+@app.command()
+def advise(
+    config: ConfigOption = Path("siesta.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
+    trace: TraceOption = None,
+) -> None:
+    """Where each template's sessions would emit least and cost least (the candidate
+    regions of savings.regions), and which hours of the day suit its work, with the
+    expected $ and kg CO2e per month."""
+    from siesta.savings import advise as advising
+    from siesta.savings import costing
+
+    conf = _load(config)
+    snap = _snapshot(conf, trace, "0s", "0s")
+    regions = conf.savings.candidates()
+    factors = {name: conf.savings.price_factor(name) for name in regions}
+    found = advising.advise(snap.accounts, costing.model_of(conf), regions, factors)
+    if as_json:
+        print(json.dumps(advising.to_json(found, regions), indent=2))
+    else:
+        console.print(advising.render(found))
+
+
 def _print_event(event: dict[str, Any]) -> None:
     when = datetime.fromtimestamp(event["at"]).strftime("%Y-%m-%d %H:%M:%S")
     took = f" (woke in {event['wake_seconds']:.2f}s)" if event.get("wake_seconds") else ""

@@ -9,6 +9,7 @@ becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
@@ -45,6 +46,7 @@ from siesta.core.policy import (
 from siesta.core.routing import RoutingMode
 from siesta.providers.keda import name_problem
 from siesta.readiness import ReadySpec, placeholder_problem
+from siesta.savings.settings import ResourcesConf, SavingsConf
 
 Loc = tuple[str | int, ...]
 """Where a value sits in the config: mapping keys and list indices, outermost first."""
@@ -243,6 +245,26 @@ class GatewayConf(_Model):
         "On shutdown, seconds requests in flight get to finish before their connections "
         "are closed. 10s: well within the 30s termination grace period of Kubernetes.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs, e.g. 10.0.0.0/8 or 127.0.0.1/32) of proxies in front "
+        "of siesta whose X-Forwarded-For, -Proto and -Host are kept (X-Forwarded-For is "
+        "appended to, and its last untrusted address is the client for per-client limits). "
+        "From anyone else these headers are replaced. Empty by default: a client could "
+        "otherwise claim any address or claim https.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{cidr!r} is not an address or network: use e.g. 10.0.0.0/8 or ::1"
+                ) from None
+        return value
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -471,6 +493,13 @@ class TemplateConf(_Model):
         description="Where a `keda` backend answers, {session} filled in, e.g. "
         '"http://nb-{session}.sessions.svc:8888" (the session\'s Service). Required for '
         "the keda provider.",
+    )
+    resources: ResourcesConf | None = Field(
+        default=None,
+        description='What a backend reserves: {cpu: 0.5, memory: "512Mi"} (Kubernetes '
+        "quantities). The savings report prices an always-on backend at this size, and "
+        "a backend whose use is not measured (keda) at this size while awake. Unset by "
+        "default: the measured peak is used.",
     )
 
     # -- provider docker: the container of each session (docs/docker.md) --------------
@@ -793,6 +822,11 @@ class Config(_Model):
         default=None,
         description="KEDA's External Scaler gRPC service: {listen: 127.0.0.1:9090, tls: "
         "{cert, key}}. Unset by default: not served.",
+    )
+    savings: SavingsConf = Field(
+        default=SavingsConf(),
+        description="Prices, energy coefficients and grid intensity for what sleeping "
+        "saved (siesta report, siesta advise, /api/savings). Every default is cited.",
     )
     instance: Name | None = Field(
         default=None,

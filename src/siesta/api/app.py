@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware import Middleware
 
 from siesta import __version__
-from siesta.api import events, logs, policy, savings, sessions, system
+from siesta.api import events, logs, policy, savings, sessions, system, ui
 from siesta.api.auth import BearerAuth, is_open
 from siesta.api.deps import Services
 from siesta.api.errors import HANDLERS, responses
@@ -29,6 +29,7 @@ ROUTERS: list[APIRouter] = [
     policy.router,
     events.router,
     savings.router,
+    ui.router,
 ]
 """Every route of the admin API, by area."""
 
@@ -51,7 +52,7 @@ def build_app(services: Services, token: str) -> FastAPI:
         title=TITLE,
         version=__version__,
         description=DESCRIPTION,
-        middleware=[Middleware(BearerAuth, token=token)],
+        middleware=[Middleware(ui.BrowserLogin, token=token), Middleware(BearerAuth, token=token)],
         exception_handlers=HANDLERS,
     )
     for router in ROUTERS:

@@ -16,9 +16,11 @@ from fastapi import Depends, Path, Request
 
 from siesta.api.errors import ApiProblem
 from siesta.api.models import SessionInfo
+from siesta.config import Config
 from siesta.core.model import Session, State
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 if TYPE_CHECKING:
@@ -44,6 +46,10 @@ class Services:
     """`Provider.logs`: (session, lines) -> the last lines of its backend's output."""
     check_new: Callable[[str, str], str | None] = lambda session, template: None
     """`Config.session_problem`: why a new session (id, template) cannot be, or None."""
+    ledger: LedgerKeeper | None = None
+    """The savings ledger (`siesta.savings.keeper`), read by /api/savings and the dashboard."""
+    config: Config | None = None
+    """The config siesta runs with (the savings section, the templates' resources)."""
 
     def next_due(self, session_id: str) -> float | None:
         """The controller's next policy check of a session (monotonic), if it knows one."""

@@ -136,25 +136,6 @@ class Explanation(BaseModel):
     note: str | None
 
 
-class Usage(BaseModel):
-    """Awake, asleep and always-on seconds of one session or of all."""
-
-    awake_seconds: float
-    asleep_seconds: float
-    always_on_seconds: float
-    saved_fraction: float
-    wakes: int
-    sleeps: int
-
-
-class Savings(BaseModel):
-    """The ledger: per session and in total."""
-
-    at: float = Field(description="seconds since the epoch")
-    sessions: dict[str, Usage]
-    total: Usage
-
-
 class LogLines(BaseModel):
     """The last lines of a session's backend log."""
 

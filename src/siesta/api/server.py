@@ -20,6 +20,7 @@ from siesta.api.events import EventHub
 from siesta.config import Config
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
+from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 log = logging.getLogger("siesta.api")
@@ -49,6 +50,7 @@ class AdminServer:
         held: Callable[[], int],
         controller: Callable[[], object | None],
         logs: Callable[[str, int], Awaitable[str]] | None = None,
+        ledger: LedgerKeeper | None = None,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
@@ -61,6 +63,8 @@ class AdminServer:
             controller,
             logs=logs or no_logs,
             check_new=config.session_problem,
+            ledger=ledger,
+            config=config,
         )
         self.token = ""
         self._server: _Server | None = None

@@ -73,7 +73,13 @@ class Activator:
             )
         except WakeError as exc:
             retry = str(max(1, math.ceil(exc.retry_after))).encode()
-            conn.respond(req, 503, str(exc), headers=((b"Retry-After", retry),))
+            conn.respond(
+                req,
+                503,
+                f"session {session.id!r} could not be woken",
+                detail=str(exc),  # may name commands and paths: for the log only
+                headers=((b"Retry-After", retry),),
+            )
         else:
             if req is conn.current and not conn.closing and session.endpoint is not None:
                 req.hold = None

@@ -21,16 +21,16 @@ from siesta.core.routing import Route
 
 from .http import (
     CRLF,
-    FORWARDED,
     HOP_BY_HOP,
     LAST_CHUNK,
     chunk,
     error_body,
     extra_hop_headers,
     local_response,
+    new_event_id,
     reason,
 )
-from .upstream import CHUNKED, TO_CLOSE, UpstreamConnection
+from .upstream import SIZED, UpstreamConnection
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -44,6 +44,8 @@ UPSTREAM = 4  # the backend's socket buffer is full
 TUNNEL_WAIT = 8  # an upgrade waits for the backend's answer
 
 MAX_BUFFERED_BODY = 256 * 1024
+# Methods whose requests rarely carry a body, so backends often leave one unread.
+BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 WARM = b"warm"
 COLD = b"cold"
@@ -70,7 +72,10 @@ class Request:
     chunk_out = False  # the response is re-framed as chunks for the client
     host: bytes | None = None
     connection: bytes | None = None  # the Connection header's value
-    forwarded_for: bytes | None = None
+    forwarded_for: bytes | None = None  # X-Forwarded-* as a trusted proxy sent them
+    forwarded_proto: bytes | None = None
+    forwarded_host: bytes | None = None
+    problem: tuple[int, str] | None = None  # why the head is refused (status, reason)
     route_value: bytes | None = None
     lines: list[bytes] = []  # noqa: RUF012 - replaced, never mutated: header lines to forward
     body_done = False
@@ -79,6 +84,7 @@ class Request:
     session: Session | None = None
     upstream: UpstreamConnection | None = None
     wake = WARM  # or COLD: did this request wait for its session to wake?
+    has_body = False  # body bytes arrived
     responded = False  # a response head went to the client
     response_done = False
     counted = False  # counted in the session's `inflight`
@@ -106,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
         self.gw = gateway
         self.transport: asyncio.Transport | None = None
         self.peer = b""
+        self.trusted = False  # the peer is a trusted proxy: its X-Forwarded-* are kept
         self.deadline = 0.0  # monotonic; 0 = no deadline (see `expire`)
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Request | None = None
@@ -130,6 +137,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self.transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
+        self.trusted = self.gw.trusts(self.peer)
         self.gw.connections.add(self)
         self.deadline = self.gw.now() + self.gw.keepalive_timeout
 
@@ -158,7 +166,9 @@ class ClientConnection(asyncio.Protocol):
             else:
                 if isinstance(exc, httptools.HttpParserCallbackError):
                     log.warning("request handling failed on one connection", exc_info=exc)
-                self._refuse(400, f"malformed request ({exc})")
+                    self._refuse(400, "malformed request", detail=repr(exc.__context__))
+                else:
+                    self._refuse(400, f"malformed request ({exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -223,29 +233,46 @@ class ClientConnection(asyncio.Protocol):
             self._pause(PIPELINE)
 
     def _sort_headers(self, req: Request) -> None:
-        """One pass over the headers: what routing needs, and the lines to forward."""
+        """One pass over the headers: what routing needs, the lines to forward, and what
+        makes the head unacceptable (`req.problem`): RFC 9112 wants exactly one Host in
+        HTTP/1.1; a routing header must name one session; only `chunked` is a transfer
+        coding the gateway can re-frame."""
         lines = req.lines = []
+        dropped = self.gw.dropped_headers
         for name, value in req.headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
                     req.chunked = True
+                    if value.strip().lower() != b"chunked":
+                        req.problem = (501, "transfer codings other than chunked are not served")
                 elif lname == b"connection":
-                    req.connection = value
+                    req.connection = (
+                        value if req.connection is None else req.connection + b"," + value
+                    )
                 continue
-            if lname in FORWARDED:
-                if lname == b"x-forwarded-for":
-                    req.forwarded_for = value
+            if lname in dropped:  # X-Forwarded-*, and identity headers only siesta sets
+                if self.trusted:
+                    _take_forwarded(req, lname, value)
                 continue
             if lname == b"host":
+                if req.host is not None:
+                    req.problem = (400, "more than one Host header")
                 req.host = value
             elif lname == self._route_header:
+                if req.route_value is not None:
+                    req.problem = (400, f"more than one {name.decode('latin-1')} header")
                 req.route_value = value
             lines.append(name + b": " + value + CRLF)
+        if req.version != "1.1":
+            _check_old_version(req)
+        elif req.host is None:
+            req.problem = (400, "an HTTP/1.1 request needs a Host header")
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
         assert req is not None
+        req.has_body = True
         up = req.upstream
         if up is not None:
             if req.chunked:
@@ -286,6 +313,9 @@ class ClientConnection(asyncio.Protocol):
             req.head = memo[5]
         else:
             self._sort_headers(req)
+            if req.problem is not None:
+                self.respond(req, *req.problem)
+                return
             route = gw.router.route(req.target, req.host, req.route_value)
         if route.session is None:
             if route.redirect is not None:
@@ -342,8 +372,10 @@ class ClientConnection(asyncio.Protocol):
             req.hold = None
             self._finish_count(req)
             if not self.gw.activator.recheck(self, req):  # a remote backend may be moving
-                why = f"the backend refused the connection ({exc.strerror or exc})"
-                self.respond(req, 502, why)
+                detail = f"connecting to {endpoint} failed: {exc.strerror or exc}"
+                self.respond(
+                    req, 502, "the session's backend refused the connection", detail=detail
+                )
             return
         req.hold = None
         if self.closing or req is not self.current:
@@ -383,12 +415,15 @@ class ClientConnection(asyncio.Protocol):
         if req.upgrade:
             head.append(b"Connection: Upgrade\r\nUpgrade: ")
             head.append((req.header(b"upgrade") or b"websocket") + CRLF)
-        forwarded = req.forwarded_for
+        forwarded = req.forwarded_for  # set only when the peer is a trusted proxy
         head.append(b"X-Forwarded-For: ")
         head.append(forwarded + b", " + self.peer if forwarded else self.peer)
-        head.append(b"\r\nX-Forwarded-Proto: http\r\n")
-        if req.host:
-            head.append(b"X-Forwarded-Host: " + req.host + CRLF)
+        head.append(b"\r\nX-Forwarded-Proto: ")
+        head.append(req.forwarded_proto or b"http")
+        head.append(CRLF)
+        host = req.forwarded_host or req.host
+        if host:
+            head.append(b"X-Forwarded-Host: " + host + CRLF)
         head.append(CRLF)
         return b"".join(head)
 
@@ -406,9 +441,7 @@ class ClientConnection(asyncio.Protocol):
         )
         if status >= 200 and status != 101:
             req.responded = True
-            if framing == CHUNKED:
-                out.append(b"Transfer-Encoding: chunked\r\n")  # the chunks are relayed as is
-            elif framing == TO_CLOSE:
+            if framing != SIZED:  # chunked, or up to the close: framed as chunks here
                 if req.version == "1.1":
                     req.chunk_out = True
                     out.append(b"Transfer-Encoding: chunked\r\n")
@@ -447,6 +480,8 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             if not req.body_done:
                 up.close()  # answered early: its request body was cut, never reuse it
+            elif req.has_body and req.method in BODYLESS_METHODS:
+                up.close()  # a backend may leave such a body unread, and answer it later
             req.upstream = None
         self._finish_count(req)
         if not req.keep_alive:
@@ -474,9 +509,10 @@ class ClientConnection(asyncio.Protocol):
         req.upstream = None
         self._finish_count(req)
         if req.responded:
+            log.warning("a response from the backend of %s broke: %s", self._who(req), why)
             self._close()  # part of a response went out: only closing can say it broke
         else:
-            self.respond(req, 502, why)
+            self.respond(req, 502, "the session's backend gave no valid answer", detail=why)
 
     def tunnel_data(self, data: bytes) -> None:
         if self.transport is not None:
@@ -500,11 +536,18 @@ class ClientConnection(asyncio.Protocol):
         status: int,
         why: str,
         *,
+        detail: str | None = None,
         headers: tuple[tuple[bytes, bytes], ...] = (),
         body: bytes | None = None,
         content_type: bytes = b"text/plain; charset=utf-8",
     ) -> None:
-        """Answer `req` from the gateway itself (errors, redirects, the waiting page)."""
+        """Answer `req` from the gateway itself (errors, redirects, the waiting page).
+
+        `why` is the class of problem, which the client reads. An error (400 and up)
+        without a `body` of its own also carries an event id, in its text and in
+        `X-Siesta-Event`; the log line with that id holds `detail`, what went wrong in
+        terms only operators should read (paths, addresses, backend output).
+        """
         if self.transport is None or self.closing or req.responded:
             return
         if req is not self.current:
@@ -513,7 +556,15 @@ class ClientConnection(asyncio.Protocol):
         req.responded = req.response_done = True
         keep_alive = req.keep_alive and req.body_done and not req.upgrade
         req.keep_alive = keep_alive
-        payload = body if body is not None else error_body(status, why).encode()
+        if body is not None:
+            payload = body
+        elif status >= 400:
+            event = new_event_id()
+            headers = (*headers, (b"X-Siesta-Event", event.encode()))
+            payload = error_body(status, why, event).encode()
+            self._log_error(req, status, why, detail, event)
+        else:
+            payload = error_body(status, why).encode()
         self.transport.write(
             local_response(
                 status,
@@ -529,7 +580,24 @@ class ClientConnection(asyncio.Protocol):
         elif req.body_done:
             self._next()
 
-    def _refuse(self, status: int, why: str) -> None:
+    def _log_error(
+        self, req: Request, status: int, why: str, detail: str | None, event: str
+    ) -> None:
+        """One line per error answer: at WARNING when siesta or a backend failed (5xx),
+        at DEBUG when the client sent something wrong (a flood of 404s is not news)."""
+        level = logging.WARNING if status >= 500 else logging.DEBUG
+        if log.isEnabledFor(level):
+            more = f": {detail}" if detail else ""
+            log.log(
+                level, "event %s: %s answered %d, %s%s", event, self._who(req), status, why, more
+            )
+
+    def _who(self, req: Request) -> str:
+        """The request and its client, for the log."""
+        target = req.target[:200].decode("latin-1")
+        return f"{req.method.decode('latin-1')} {target} from {self.peer.decode()}"
+
+    def _refuse(self, status: int, why: str, *, detail: str | None = None) -> None:
         """A request that cannot be parsed: answer if we can, then close."""
         req = self.current
         if req is None or req is self.parsing:
@@ -542,7 +610,7 @@ class ClientConnection(asyncio.Protocol):
                 self._finish_count(req)
             if not req.responded:
                 req.body_done = True
-                self.respond(req, status, why)
+                self.respond(req, status, why, detail=detail)
         self._close()
 
     # -- connection state -----------------------------------------------------
@@ -651,3 +719,24 @@ class ClientConnection(asyncio.Protocol):
             up.send(req.early)
             req.early = b""
         self._resume(TUNNEL_WAIT)
+
+
+def _take_forwarded(req: Request, lname: bytes, value: bytes) -> None:
+    """Keep an X-Forwarded-* header a trusted proxy sent; repeated X-Forwarded-For lines
+    are one list, in order."""
+    if lname == b"x-forwarded-for":
+        seen = req.forwarded_for
+        req.forwarded_for = value if seen is None else seen + b", " + value
+    elif lname == b"x-forwarded-proto":
+        req.forwarded_proto = value
+    elif lname == b"x-forwarded-host":
+        req.forwarded_host = value
+
+
+def _check_old_version(req: Request) -> None:
+    """HTTP/1.0 is served, without transfer codings (RFC 9112 6.1: faulty framing);
+    anything else (0.9, 2.0 over this connection) is not."""
+    if req.version != "1.0":
+        req.problem = (505, "only HTTP/1.1 and HTTP/1.0 are served")
+    elif req.chunked:
+        req.problem = (400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")

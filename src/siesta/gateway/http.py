@@ -7,6 +7,7 @@ Used by `client` (requests to backends, answers of the gateway's own) and
 from __future__ import annotations
 
 import http
+import secrets
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded as they came.
 HOP_BY_HOP = frozenset(
@@ -134,6 +135,13 @@ def local_response(
     return head if head_only else head + payload
 
 
-def error_body(status: int, why: str) -> str:
-    """The text of an error answer: status, phrase and the reason, on one line."""
-    return f"{status} {reason(status).decode()}: {why}\n"
+def error_body(status: int, why: str, event: str | None = None) -> str:
+    """The text of an error answer: status, phrase, the class of problem and the event id
+    that finds its detail in siesta's log, on one line."""
+    tail = f" (event {event})" if event else ""
+    return f"{status} {reason(status).decode()}: {why}{tail}\n"
+
+
+def new_event_id() -> str:
+    """A short random id naming one error answer in the log (not guessable, not a count)."""
+    return secrets.token_hex(6)

@@ -8,8 +8,10 @@ is left (uvicorn's server lifecycle, kept small).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from siesta.core.model import Session, State
@@ -18,6 +20,7 @@ from siesta.lifecycle import Lifecycle
 
 from .activator import Activator
 from .client import ClientConnection
+from .http import FORWARDED
 from .upstream import UpstreamPool
 
 log = logging.getLogger("siesta.gateway")
@@ -52,6 +55,8 @@ class GatewaySettings(Protocol):
     def max_head_size(self) -> int: ...
     @property
     def drain_timeout(self) -> float: ...
+    @property
+    def trusted_proxies(self) -> Sequence[str]: ...
 
 
 class Gateway:
@@ -72,6 +77,12 @@ class Gateway:
         self.keepalive_timeout = settings.keepalive_timeout
         self.max_head_size = settings.max_head_size
         self.drain_timeout = settings.drain_timeout
+        self.trusted_proxies = tuple(
+            ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
+        )
+        # Request headers never passed on as the client sent them: X-Forwarded-* (rebuilt,
+        # or extended for a trusted proxy), and the identity headers auth sets.
+        self.dropped_headers = FORWARDED
         self.now = time.monotonic
         self.pool = UpstreamPool()
         self.activator = Activator(self)
@@ -79,6 +90,18 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         lifecycle.listeners.append(self._on_transition)
+
+    def trusts(self, peer: bytes) -> bool:
+        """Whether the client at address `peer` is a trusted proxy (`trusted_proxies`)."""
+        if not self.trusted_proxies or not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer.decode())
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted_proxies)
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Start accepting on `host:port` (port 0 picks one); return the bound address."""

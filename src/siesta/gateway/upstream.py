@@ -28,7 +28,8 @@ class ResponseSink(Protocol):
         hop-by-hop ones removed; `framing` says how the body that follows is delimited."""
 
     def response_body(self, data: bytes) -> None:
-        """Body bytes as they came from the backend (still chunk-framed when CHUNKED)."""
+        """Body bytes as the parser found them: chunk framing removed, nothing after the
+        end of the response."""
 
     def response_done(self) -> None: ...
     def response_failed(self, why: str) -> None: ...
@@ -44,16 +45,23 @@ class ResponseSink(Protocol):
 MAX_RESPONSE_HEAD = 256 * 1024
 
 # How a response body is delimited, as the backend sent it.
-SIZED = 0  # Content-Length, or no body at all: relayed as is
-CHUNKED = 1  # chunked: relayed as is, chunk framing included
-TO_CLOSE = 2  # ends when the backend closes: re-framed for the client
+SIZED = 0  # Content-Length, or no body at all: relayed with the same length
+CHUNKED = 1  # chunked: framed again for the client
+TO_CLOSE = 2  # ends when the backend closes: framed as chunks for the client
+
+
+class ExtraBytes(Exception):
+    """The backend sent more after a complete response (raised inside the parser)."""
 
 
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a backend, carrying one request at a time.
 
     httptools frames the response (lengths, chunks); the head is taken from the raw
-    bytes and filtered with regular expressions, so no Python runs per header.
+    bytes and filtered with C-level searches, so no Python runs per header. Body bytes
+    are relayed as the parser assigns them to the response, so nothing a backend sends
+    after a complete response reaches a client: such bytes close the connection (an
+    answer to a request body the backend did not read, say), which is then never pooled.
     """
 
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint):
@@ -89,8 +97,10 @@ class UpstreamConnection(asyncio.Protocol):
             if sink is not None:
                 sink.tunnel_data(data)
             return
-        in_head = self._in_head
-        if in_head:
+        if sink is None:  # idle (pooled, or just answered): nobody asked for these bytes
+            self.close()
+            return
+        if self._in_head:
             self._head += data
             if len(self._head) > MAX_RESPONSE_HEAD:
                 self._fail("the backend's response head is too large")
@@ -102,18 +112,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._start_tunnel(data[upgrade.args[0] :])
             return
         except httptools.HttpParserError as exc:
-            self._fail(f"the backend sent a malformed response ({exc})")
-            return
-        if sink is None:
-            return
-        # Body bytes go out raw: httptools only finds where the response ends.
-        if not in_head:
-            if self._has_body:
-                sink.response_body(data)
-        elif not self._in_head:
-            body, self._head = self._head, b""
-            if body and self._has_body:
-                sink.response_body(body)
+            if not self._done:
+                self._fail(f"the backend sent a malformed response ({exc})")
+                return
+            self._reusable = False  # bytes after the end of the response: never reuse
         if not self._done:
             sink.flush()
             return
@@ -155,6 +157,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._done:
+            raise ExtraBytes  # a second response in the read that ended the first
+
+    def on_body(self, body: bytes) -> None:
+        if self._done:
+            raise ExtraBytes  # a body after a HEAD answer's head, say
+        sink = self.sink
+        if sink is not None:
+            sink.response_body(body)
+
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
@@ -162,8 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
         end = head.find(b"\r\n\r\n")
         line_end = head.find(b"\r\n")
         status_line, lines = head[:line_end], head[line_end + 2 : end + 2]
-        self._head = head[end + 4 :]
         self._in_head = 100 <= status < 200 and status != 101  # another head follows
+        self._head = head[end + 4 :] if self._in_head else b""  # the body comes by on_body
         sink = self.sink
         if sink is None:
             return

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from siesta.core.model import Endpoint, Session, State, Transition
+from siesta.ledger import Account
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +75,15 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the store."""
+        ...
+
+    # -- the ledger: one account per session (siesta.ledger), written by
+    # siesta.savings.keeper on its transitions; read whole, in O(sessions) --
+
+    def accounts(self) -> list[Account]:
+        """Every stored ledger account (deleted sessions' too), by session id."""
+        ...
+
+    def save_account(self, account: Account) -> None:
+        """Write one session's ledger account, replacing the stored one."""
         ...

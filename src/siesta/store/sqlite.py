@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from siesta.core.model import Endpoint, State, Transition
+from siesta.ledger import Account, from_record, to_record
 
 from .base import SessionRecord
+
+log = logging.getLogger("siesta.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -41,6 +45,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_session ON events (session, at);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+CREATE TABLE IF NOT EXISTS ledger (
+    session TEXT PRIMARY KEY,
+    data    TEXT NOT NULL  -- siesta.ledger.to_record as JSON
+);
 """
 
 
@@ -128,6 +136,23 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def accounts(self) -> list[Account]:
+        rows = self._db.execute("SELECT session, data FROM ledger ORDER BY session")
+        found = []
+        for session, data in rows:
+            try:
+                found.append(from_record(json.loads(data)))
+            except ValueError as exc:  # one damaged row must not hide the others
+                log.warning("ledger account of %s is unreadable, skipped: %s", session, exc)
+        return found
+
+    def save_account(self, account: Account) -> None:
+        self._db.execute(
+            "INSERT INTO ledger (session, data) VALUES (?, ?)"
+            " ON CONFLICT (session) DO UPDATE SET data = excluded.data",
+            (account.session, json.dumps(to_record(account))),
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
