@@ -125,6 +125,10 @@ class Controller:
         now = self._clock.monotonic()
         return self._signals(session, policy, now, self._window(session_id, policy))
 
+    def resource_window(self, session_id: str) -> Window | None:
+        """The sampler's cpu and memory of `session_id`, when it has a window."""
+        return None if self._resources is None else self._resources.window(session_id)
+
     def measured(self, session_id: str) -> bool:
         """Whether cpu_percent and memory_bytes of `session_id` have a window yet."""
         return self._resources is not None and self._resources.window(session_id) is not None

@@ -43,7 +43,7 @@ from siesta.core.model import Session, State
 from siesta.core.policy import EvaluationError, Policy
 from siesta.signals import RateWindow, Window, read_signals
 
-EVENTS = ("request", "connect", "disconnect", "cpu", "app")
+EVENTS = ("request", "bytes", "connect", "disconnect", "cpu", "app")
 """The kinds of trace rows."""
 
 TRACE_HELP = """\
@@ -56,6 +56,8 @@ those names is optional; blank lines and lines starting with # are skipped):
            hence the policy)
   event    request     one request (value: bytes moved, optional); wakes the session
                        if it is asleep
+           bytes       bytes moved without a new request (value: how many), e.g.
+                       websocket messages: activity, but no wake
            connect     a connection opens, e.g. a websocket; wakes it if asleep
            disconnect  a connection closes
            cpu         the backend's cpu_percent from now on (value: a number)
@@ -217,8 +219,8 @@ def _time(text: str, where: str) -> float:
 
 
 def _check_value(event: str, value: str, where: str) -> None:
-    if event == "request" and value and not (value.isdigit()):
-        raise TraceError(f"{where}: a request's value is the bytes moved, a whole number")
+    if event in ("request", "bytes") and value and not (value.isdigit()):
+        raise TraceError(f"{where}: a {event} row's value is the bytes moved, a whole number")
     if event == "cpu":
         try:
             cpu = float(value)
@@ -319,6 +321,10 @@ class _Replay:
         awake = session.state is State.AWAKE
         if row.event == "request":
             activity.requests += 1
+            activity.bytes += int(row.value or 0)
+            if awake:
+                activity.last_activity = at
+        elif row.event == "bytes":
             activity.bytes += int(row.value or 0)
             if awake:
                 activity.last_activity = at
