@@ -62,7 +62,12 @@ class Siesta:
             base_url=self._base_url,
         )
         self.ledger = LedgerKeeper(self.store, self.lifecycle)  # before start: sees re-adoptions
-        self.gateway = Gateway(config.gateway, self.lifecycle)
+        ignore = {
+            name: f
+            for name, t in config.templates.items()
+            if t.activity is not None and (f := t.activity.filter()) is not None
+        }
+        self.gateway = Gateway(config.gateway, self.lifecycle, ignore=ignore)
         self.scaler = (
             ScalerServer(
                 ExternalScaler(

@@ -34,6 +34,7 @@ from pydantic_core import ErrorDetails
 from siesta.core import activity
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import parse_duration
+from siesta.core.ignore import JUPYTER_IGNORE, ActivityFilter
 from siesta.core.policy import (
     PROVIDER_SIGNALS,
     Policy,
@@ -328,10 +329,56 @@ class ReadyConf(_Model):
         return self
 
 
-class ActivityConf(_Model):
-    """An activity probe: how siesta asks an awake session's app whether it is busy.
+class IgnoreConf(_Model):
+    """Traffic that is served but is not activity: it neither resets idle_for nor counts
+    in requests_1m or bytes_1m (an ignored request still counts in inflight)."""
 
-    Set exactly one of `preset` or `http`. Its answer is the `app` map policies read.
+    requests: list[str] = Field(
+        default_factory=list,
+        description='"[METHOD ]PATH" patterns, PATH relative to the session\'s base URL, '
+        "with * (any run of characters) and ? (one); the query string is not matched. "
+        'E.g. "GET /api/kernels" (that method only) or "/healthz" (any method).',
+    )
+    methods: list[str] = Field(
+        default_factory=list, description="Methods ignored on any path, e.g. [OPTIONS]."
+    )
+    user_agents: list[str] = Field(
+        default_factory=list,
+        description="User-Agent patterns (* and ?) of clients whose requests are ignored, "
+        'e.g. ["kube-probe/*"].',
+    )
+    websocket_control: bool = Field(
+        default=True,
+        description="Websocket ping and pong frames are not activity (data frames are). "
+        "On by default: a browser answers a server's pings by itself, so they say nothing "
+        "about a person.",
+    )
+
+    @field_validator("requests")
+    @classmethod
+    def _check_requests(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            path = spec.strip().rpartition(" ")[2]
+            if not path.startswith(("/", "*")):
+                raise ValueError(f"{spec!r}: the path must start with / (or *), e.g. /api/x")
+        return value
+
+    def build(self) -> ActivityFilter:
+        """The compiled filter."""
+        return ActivityFilter(
+            self.requests,
+            methods=self.methods,
+            user_agents=self.user_agents,
+            websocket_control=self.websocket_control,
+        )
+
+
+class ActivityConf(_Model):
+    """What is activity: a probe asking an awake session's app whether it is busy, and
+    traffic that does not count (`ignore`).
+
+    Set at most one of `preset` or `http` (none: no probe, only `ignore`). The probe's
+    answer is the `app` map policies read.
     Every map has app.ok (bool: the last probe was answered) and app.error (string:
     why not, else ""). The jupyter preset adds app.last_activity (timestamp),
     app.idle_for (duration since last_activity, as of the last probe), app.kernels,
@@ -366,6 +413,15 @@ class ActivityConf(_Model):
         description="With preset jupyter: the server's token, sent as Authorization: "
         "token <token>. Unset by default: the template's env JUPYTER_TOKEN, if any.",
     )
+    ignore: IgnoreConf | None = Field(
+        default=None,
+        description="Traffic served but not counted as activity: {requests: [...], methods: "
+        "[...], user_agents: [...], websocket_control: true}. Unset by default: everything "
+        "counts, except with preset jupyter, whose default is what an open JupyterLab tab "
+        "polls by itself (GET /api/contents*, /api/sessions, /api/kernels, /api/kernelspecs, "
+        "/api/terminals, /api/me, /api/status) and websocket pings; a list given here "
+        "replaces it.",
+    )
     every: PositiveDuration = _duration(
         "30s",
         "Seconds between probes of an awake session. 30s: the app's news reaches the "
@@ -380,8 +436,12 @@ class ActivityConf(_Model):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        if (self.preset is None) == (self.http is None):
-            raise ValueError("set exactly one of preset (jupyter) or http (a path, e.g. /status)")
+        if self.preset is not None and self.http is not None:
+            raise ValueError("set one of preset (jupyter) or http (a path, e.g. /status)")
+        if self.preset is None and self.http is None and self.ignore is None:
+            raise ValueError(
+                "set preset (jupyter), http (a path, e.g. /status) or ignore (what is not activity)"
+            )
         problem = None if self.http is None else placeholder_problem(self.http)
         if problem is not None:
             raise _NestedProblems([(("http",), problem)])
@@ -394,8 +454,23 @@ class ActivityConf(_Model):
             raise ValueError(f"map: {', '.join(reserved)} is set by siesta itself: rename it")
         return self
 
+    @property
+    def probes(self) -> bool:
+        """Whether the app is asked (a preset or an http path), not only `ignore` given."""
+        return self.preset is not None or self.http is not None
+
+    def filter(self) -> ActivityFilter | None:
+        """What traffic is not activity: `ignore`, else the preset's default list."""
+        if self.ignore is not None:
+            return self.ignore.build()
+        if self.preset == "jupyter":
+            return ActivityFilter(JUPYTER_IGNORE)
+        return None
+
     def keys(self) -> frozenset[str] | None:
         """The keys of the `app` map this probe gives; None when they are not known ahead."""
+        if not self.probes:
+            return frozenset()
         if self.preset == "jupyter":
             return frozenset(activity.JUPYTER_KEYS)
         if self.map is None:
@@ -1014,6 +1089,8 @@ def _app_problems(name: str, template: TemplateConf, policy: Policy) -> list[tup
 
 
 def _app_problem(name: str, probe: ActivityConf | None, rule: Rule) -> str | None:
+    if probe is not None and not probe.probes:
+        probe = None  # only `ignore`: no app map
     keys = frozenset() if probe is None else probe.keys()
     missing = [] if keys is None else sorted(_app_keys(rule.source) - keys)
     reads = ", ".join(f"app.{key}" for key in missing)

@@ -56,6 +56,8 @@ class ActivitySpec(Protocol):
     def every(self) -> float: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def probes(self) -> bool: ...
 
 
 class ProbedTemplate(Protocol):
@@ -266,7 +268,7 @@ class Prober:
     def _begin(self, session: Session) -> None:
         template = self._templates.get(session.template)
         spec = None if template is None else template.activity
-        if template is None or spec is None or session.endpoint is None:
+        if template is None or spec is None or not spec.probes or session.endpoint is None:
             return
         self._end(session.id)
         probe = make_probe(
