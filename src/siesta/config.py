@@ -419,8 +419,8 @@ class ActivityConf(_Model):
         "[...], user_agents: [...], websocket_control: true}. Unset by default: everything "
         "counts, except with preset jupyter, whose default is what an open JupyterLab tab "
         "polls by itself (GET /api/contents*, /api/sessions, /api/kernels, /api/kernelspecs, "
-        "/api/terminals, /api/me, /api/status) and websocket pings; a list given here "
-        "replaces it.",
+        "/api/terminals, /api/me, /api/status; /lab/api/workspaces* by any method) and "
+        "websocket pings; a list given here replaces it.",
     )
     every: PositiveDuration = _duration(
         "30s",

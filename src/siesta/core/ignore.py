@@ -29,13 +29,17 @@ JUPYTER_IGNORE = (
     "GET /api/terminals",
     "GET /api/me",
     "GET /api/status",
+    "/lab/api/workspaces",
+    "/lab/api/workspaces/*",
 )
 """What an untouched JupyterLab 4 tab asks on its own, measured against JupyterLab 4.6
 in headless Chromium (tests/test_jupyterlab.py): every 10 s GET /api/contents (the file
-browser's listing), /api/sessions and /api/kernels; every minute or so /api/me and
-/api/kernelspecs; /api/terminals when terminals are on; /api/status is what monitors
-ask. Saving (PUT /api/contents/...), running cells (kernel websocket messages) and
-opening, renaming or deleting files (other methods) still count."""
+browser's listing), /api/sessions, /api/kernels, /api/terminals and the workspace
+(/lab/api/workspaces: the Running panel reads it, and the Lab saves its own layout
+there by itself); every minute or so /api/me and /api/kernelspecs; /api/status is
+what monitors ask. Its websocket pings and pongs are control frames. Saving a file
+(PUT /api/contents/...), running cells (kernel websocket messages) and opening,
+renaming or deleting files (other methods on /api/contents) still count."""
 
 
 def _glob(pattern: str) -> str:
