@@ -78,6 +78,15 @@ def _base(app: Siesta) -> str:
     return f"http://127.0.0.1:{app.address[1]}"
 
 
+async def _wake_alice_then_stop(config: Config, service: StandInService) -> None:
+    """A first siesta: alice's workload up, alice woken, then a clean shutdown."""
+    service.scale_up()
+    first = Siesta(config, admin=False)
+    await first.start()
+    await first.lifecycle.wake("alice", "test")
+    await first.stop()
+
+
 async def test_awake_sessions_stay_awake_across_a_restart(
     tmp_path: Path, service: StandInService
 ) -> None:
@@ -85,11 +94,7 @@ async def test_awake_sessions_stay_awake_across_a_restart(
     so it runs on; the next siesta probes her address and adopts her, and IsActive says
     true before anything else happens. bob was asleep and stays so."""
     config = _config(tmp_path, f"http://127.0.0.1:{service.port}")
-    service.scale_up()
-    first = Siesta(config, admin=False)
-    await first.start()
-    await first.lifecycle.wake("alice", "test")
-    await first.stop()
+    await _wake_alice_then_stop(config, service)
     records = {r.id: r for r in _stored(config)}
     assert records["alice"].state is State.AWAKE
 
@@ -116,11 +121,7 @@ async def test_an_awake_session_whose_workload_is_gone_restarts_asleep(
 ) -> None:
     """Adoption probes the address: nothing answers, so the session is asleep again."""
     config = _config(tmp_path, f"http://127.0.0.1:{service.port}")
-    service.scale_up()
-    first = Siesta(config, admin=False)
-    await first.start()
-    await first.lifecycle.wake("alice", "test")
-    await first.stop()
+    await _wake_alice_then_stop(config, service)
     service.scale_down()
     second = Siesta(config, admin=False)
     began = time.monotonic()

@@ -15,7 +15,6 @@ ahead, once per awake period, by webhook or command.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import logging
@@ -32,6 +31,7 @@ from siesta.core.model import Session, State
 from siesta.core.policy import Decision, EvaluationError, Policy, Signals, Warn
 from siesta.lifecycle import Lifecycle
 from siesta.signals import RateWindow, Window, read_signals
+from siesta.timers import run_timer
 
 log = logging.getLogger("siesta.controller")
 
@@ -314,13 +314,7 @@ class Controller:
 
     async def run(self) -> None:
         """Run the timers until cancelled."""
-        while True:
-            await self.tick()
-            delay = self._heap[0][0] - self._clock.monotonic() if self._heap else 3600.0
-            self._changed.clear()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
+        await run_timer(self.tick, self._heap, self._changed, self._clock)
 
     async def close(self) -> None:
         """Wait for sleeps and warnings under way."""

@@ -24,7 +24,6 @@ is skipped until the next sample; it never stops the timer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 from collections import deque
@@ -36,6 +35,7 @@ from siesta.core.clock import Clock, SystemClock
 from siesta.core.model import Session, State
 from siesta.providers.base import Usage
 from siesta.signals import Window
+from siesta.timers import run_timer
 
 __all__ = ["Sampler", "SamplerTemplate", "SleepHook", "Totals", "Window", "sampler_templates"]
 
@@ -283,13 +283,7 @@ class Sampler:
 
     async def run(self) -> None:
         """Sample on the timer until cancelled."""
-        while True:
-            await self.tick()
-            delay = self._heap[0][0] - self._clock.monotonic() if self._heap else 3600.0
-            self._changed.clear()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
+        await run_timer(self.tick, self._heap, self._changed, self._clock)
 
     async def close(self) -> None:
         """Wait for the last samples under way."""
