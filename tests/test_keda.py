@@ -30,7 +30,7 @@ from siesta.keda.scaler import ExternalScaler
 from siesta.lifecycle import Lifecycle
 from siesta.providers.base import StartError
 from siesta.providers.keda import KedaProvider, endpoint_of
-from siesta.store.sqlite import SqliteStore
+from siesta.store.sqlite import ThreadedSqlite
 from siesta.testing import FakeClock
 
 from .conftest import free_port
@@ -230,7 +230,7 @@ async def test_an_unknown_session_is_inactive_by_default(
 
 async def test_an_unknown_session_can_be_an_error(tmp_path: Path) -> None:
     """keda.unknown_sessions: error answers NOT_FOUND, naming the ScaledObject."""
-    lifecycle = Lifecycle({}, SqliteStore(tmp_path / "s.db"), KedaProvider({}))
+    lifecycle = Lifecycle({}, ThreadedSqlite(tmp_path / "s.db"), KedaProvider({}))
     servicer = ExternalScaler(lifecycle, unknown_sessions="error")
 
     class Context:
@@ -360,7 +360,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
         }
     )
     clock = FakeClock()
-    store = SqliteStore(config.store)
+    store = ThreadedSqlite(config.store_path)
     provider = KedaProvider(config.templates)
     lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
     await lifecycle.start(config.sessions)
@@ -385,7 +385,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
     finally:
         await controller.close()
         await lifecycle.shutdown()
-        store.close()
+        await store.close()
 
 
 def test_endpoint_from_address() -> None:

@@ -306,7 +306,8 @@ async def test_a_connections_rule_turns_inactive_within_a_second(
                     break
                 await asyncio.sleep(0.02)
             assert not (await stub.IsActive(ref("alice"))).result
-        stopping = next(e for e in app.store.events("alice") if e.new is State.STOPPING)
+        events = await app.store.events("alice")
+        stopping = next(e for e in events if e.new is State.STOPPING)
         assert ended + 2.0 - 0.05 <= stopping.at <= ended + 3.0, stopping.at - ended
     finally:
         await app.stop()
@@ -364,7 +365,7 @@ async def test_the_api_refuses_a_session_id_too_long_for_kubernetes(
 
 def _stored(config: Config) -> list[Any]:
     """The sessions the store of `config` holds (opened and closed here)."""
-    store = SqliteStore(config.store)
+    store = SqliteStore(config.store_path)
     try:
         return list(store.sessions())
     finally:
