@@ -49,6 +49,7 @@ TOTALS_EVERY = 60.0
 """Seconds between samples of a session whose policy reads neither cpu nor memory: the
 totals need no more (a last sample is taken when it goes to sleep)."""
 GIB = 1 << 30
+USAGE_TIMEOUT = 5.0  # seconds a provider gets to answer usage(); then the sample is missed
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +253,8 @@ class Sampler:
 
     async def _usage(self, session_id: str) -> Usage | None:
         try:
-            return await self._provider.usage(session_id)
-        except Exception as exc:  # a provider's failure is a missing sample, never a crash
+            return await asyncio.wait_for(self._provider.usage(session_id), USAGE_TIMEOUT)
+        except Exception as exc:  # a failure or a timeout is a missing sample, never a crash
             self.failures += 1
             log.warning("%s: no usage from the provider: %s", session_id, exc)
             return None
@@ -286,8 +287,9 @@ class Sampler:
         await run_timer(self.tick, self._heap, self._changed, self._clock)
 
     async def close(self) -> None:
-        """Wait for the last samples under way."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait for the last samples under way (each bounded by USAGE_TIMEOUT)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=USAGE_TIMEOUT + 1.0)
 
 
 def sampler_templates(
