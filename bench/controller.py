@@ -281,14 +281,14 @@ class Timings:
 
 def instrument(controller: Controller, policy: Policy, timings: Timings) -> None:
     """Time each check and each evaluation (a few hundred ns of overhead per call)."""
-    check: Callable[[str, float, BackendStatus | None], bool] = controller._check
+    check: Callable[[str, float], bool] = controller._check
     evaluate: Callable[[Signals], Decision] = policy.evaluate
     tick = controller.tick
     clock = time.perf_counter_ns
 
-    def timed_check(sid: str, now: float, status: BackendStatus | None) -> bool:
+    def timed_check(sid: str, now: float) -> bool:
         began = clock()
-        slept = check(sid, now, status)
+        slept = check(sid, now)
         if timings.recording:
             (timings.check_sleeps if slept else timings.checks).append(clock() - began)
         return slept
@@ -466,7 +466,7 @@ async def bench(seconds: float, tmp: Path) -> dict[str, Any]:
     await lifecycle.start(Population(REGISTERED))
     ids = list(lifecycle.sessions)  # the sessions' own id strings: nothing extra is held
     registered_in = time.perf_counter() - began
-    controller = Controller(lifecycle, config.template_policies(), provider=provider)
+    controller = Controller(lifecycle, config.template_policies())
     awake = AwakeSet()
     lifecycle.listeners.append(awake.on_transition)
     listened = Listened()

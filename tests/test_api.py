@@ -26,6 +26,7 @@ PROTECTED = [
     ("POST", "/api/sessions/alice/sleep"),
     ("GET", "/api/sessions/alice/explain"),
     ("GET", "/api/sessions/alice/logs"),
+    ("GET", "/api/signals"),
     ("GET", "/api/events"),
     ("GET", "/api/events/stream"),
     ("GET", "/api/savings"),

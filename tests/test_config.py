@@ -222,12 +222,15 @@ def test_ready_needs_exactly_one_check(tmp_path: Path) -> None:
         templates:
           a: {command: [x], ready: {http: /, tcp: true}}
           b: {command: [x], ready: {http: healthz}}
+          c: {command: [x], ready: {http: "{base_url}api/{user}"}}
+          d: {command: [x], ready: {http: "{base_url}api/status?s={session}&p={port}"}}
         """,
     )
 
     assert found == [
         "2 templates.a.ready: set exactly one of http (a path, e.g. /healthz) or tcp: true",
-        "3 templates.b.ready.http: must be a path starting with '/', e.g. /healthz",
+        "3 templates.b.ready.http: must be a path starting with '/' or {base_url}, e.g. /healthz",
+        "4 templates.c.ready.http: unknown placeholder {user}: use {base_url}, {session}, {port}",
     ]
 
 

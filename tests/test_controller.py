@@ -22,12 +22,14 @@ from siesta.core.lifecycle import TransitionError, backoff_delay, check_transiti
 from siesta.core.model import State, Transition
 from siesta.lifecycle import Lifecycle
 from siesta.providers.local import LocalProvider
+from siesta.resources import Sampler, sampler_templates
 from siesta.store.sqlite import ThreadedSqlite
 from siesta.testing import FakeClock
 
 MINUTE = 60.0
 
 World = tuple[Lifecycle, Controller, FakeClock]
+samplers: dict[Lifecycle, Sampler] = {}  # the resource sampler of each world
 
 
 def _config(tmp_path: Path, policy: dict[str, Any] | None = None) -> Config:
@@ -59,6 +61,7 @@ MakeWorld = Callable[[dict[str, Any] | None], Awaitable[World]]
 async def make_world(tmp_path: Path) -> AsyncIterator[MakeWorld]:
     """Builds a lifecycle and controller sharing a fake clock; backends are real processes."""
     built: list[tuple[Lifecycle, Controller, ThreadedSqlite]] = []
+    samplers.clear()
 
     async def make(policy: dict[str, Any] | None = None) -> World:
         config = _config(tmp_path, policy)
@@ -67,9 +70,12 @@ async def make_world(tmp_path: Path) -> AsyncIterator[MakeWorld]:
         provider = LocalProvider(config.templates, tmp_path / "logs")
         lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
         await lifecycle.start(config.sessions)
-        controller = Controller(
-            lifecycle, config.template_policies(), provider=provider, clock=clock
-        )
+        policies = config.template_policies()
+        windows = {name: t.cpu_window for name, t in config.templates.items()}
+        reads = {name: p.needs_provider for name, p in policies.items()}
+        sampler = Sampler(lifecycle, provider, sampler_templates(windows, reads), clock=clock)
+        samplers[lifecycle] = sampler
+        controller = Controller(lifecycle, policies, resources=sampler, clock=clock)
         built.append((lifecycle, controller, store))
         return lifecycle, controller, clock
 
@@ -430,13 +436,25 @@ async def test_a_rule_failing_at_run_time_is_counted_and_keeps_the_session_awake
     assert controller.next_due("alice") == clock.monotonic() + 10
 
 
-async def test_cpu_and_memory_come_from_the_provider(make_world: MakeWorld) -> None:
-    """A rule on memory_bytes reads the real backend's memory through the provider."""
+async def test_cpu_and_memory_come_from_the_sampler(make_world: MakeWorld) -> None:
+    """A rule on memory_bytes reads the real backend's memory through the resource
+    sampler; before its first window (two samples) the rule is not evaluated at all."""
     lifecycle, controller, clock = await make_world(
         {"sleep_when": "memory_bytes > 1000000 && cpu_percent >= 0.0 && inflight == 0"}
     )
+    sampler = samplers[lifecycle]
     await lifecycle.wake("alice", "test")
-    assert controller.next_due("alice") == clock.monotonic()  # fetched at the check
+    assert await sampler.tick() == 1  # the first sample, at the wake
+    ready = sampler.ready_at("alice")
+    assert ready is not None
+    assert ready > clock.monotonic()
+    assert controller.next_due("alice") == ready  # the first window, not before
+    assert await controller.tick() == []
+    clock.advance(ready - clock.monotonic())
+    assert await sampler.tick() == 1
+    window = sampler.window("alice")
+    assert window is not None
+    assert window.memory_bytes > 1_000_000
     assert await controller.tick() == ["alice"]
     await controller.close()
     reason = await _stop_reason(lifecycle)

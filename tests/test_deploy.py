@@ -419,6 +419,8 @@ def test_scaled_object_drives_the_session_workload_from_siesta() -> None:
 
 
 def test_render_makes_a_session_for_another_user() -> None:
+    """render.sh gives valid manifests for another id, and refuses ids that are not DNS
+    labels or would make a generated name (keda-hpa-nb-<id>) longer than 63."""
     script = DEPLOY / "session-example" / "render.sh"
     out = subprocess.run(
         ["bash", str(script), "bob"], capture_output=True, text=True, check=True
@@ -435,6 +437,14 @@ def test_render_makes_a_session_for_another_user() -> None:
     bad = subprocess.run(["bash", str(script), "Bob_1"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "DNS label" in bad.stderr
+    longest = "a" * 51  # keda-hpa-nb-<51> is 63 characters: the most KEDA accepts
+    fits = subprocess.run(["bash", str(script), longest], capture_output=True, text=True)
+    assert fits.returncode == 0, fits.stderr
+    for doc in (d for d in yaml.safe_load_all(fits.stdout) if d):
+        assert len(f"keda-hpa-{doc['metadata']['name']}") <= 63
+    long = subprocess.run(["bash", str(script), "a" * 52], capture_output=True, text=True)
+    assert long.returncode == 2
+    assert "over Kubernetes' 63" in long.stderr
 
 
 # --- the container image -------------------------------------------------------------

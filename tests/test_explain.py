@@ -105,14 +105,20 @@ def test_explain_keep_awake_and_a_provider_signal(
 ) -> None:
     """bob is gold: keep_awake_when holds, so only max_lifetime will put it to sleep,
     12h after its wake, and that is its next check. carol's rule reads cpu_percent:
-    the provider is asked (memory of the real backend > 0), and the rule is re-checked
-    every 30s."""
+    before its first resource window explain says it is not measured yet; then it shows
+    the real backend's memory (> 0), and the rule is re-checked every 30s."""
     _, base = _launch(siesta, monkeypatch)
     with client(base) as api:
         for sid in ("bob", "carol"):
             assert api.post(f"/api/sessions/{sid}/wake").status_code == 200
         bob = api.get("/api/sessions/bob/explain").json()
-        carol = api.get("/api/sessions/carol/explain").json()
+        early = api.get("/api/sessions/carol/explain").json()
+        assert early["signals"]["memory_bytes"] > 0 or "no window yet" in early["note"]
+        carol = wait_for(
+            lambda: (a := api.get("/api/sessions/carol/explain").json())["note"] is None and a,
+            timeout=20,
+            what="carol's first resource window",
+        )
     assert _rules(bob)["keep_awake_when"]["holds"] is True
     assert _rules(bob)["min_awake"]["holds"] is True
     awake_for = bob["signals"]["awake_for"]

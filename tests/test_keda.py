@@ -196,29 +196,50 @@ async def test_active_while_awake(
     assert metrics.metricValues[0].metricValueFloat == 0.0
 
 
-@pytest.mark.parametrize(
-    ("session", "code", "words"),
-    [
-        (None, grpc.StatusCode.INVALID_ARGUMENT, "no 'session' key"),
-        ("nobody", grpc.StatusCode.NOT_FOUND, "no session 'nobody'"),
-    ],
-)
-async def test_errors_name_the_scaled_object(
-    stub: pb_grpc.ExternalScalerStub, session: str | None, code: grpc.StatusCode, words: str
-) -> None:
-    """A missing or unknown session is refused by every method, naming the ScaledObject."""
+async def test_errors_name_the_scaled_object(stub: pb_grpc.ExternalScalerStub) -> None:
+    """A trigger without a session is refused by every method, naming the ScaledObject."""
     calls = [
-        lambda: stub.IsActive(ref(session)),
-        lambda: stub.GetMetricSpec(ref(session)),
-        lambda: stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(session))),
-        lambda: stub.StreamIsActive(ref(session)).read(),
+        lambda: stub.IsActive(ref(None)),
+        lambda: stub.GetMetricSpec(ref(None)),
+        lambda: stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(None))),
+        lambda: stub.StreamIsActive(ref(None)).read(),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call()
-        assert caught.value.code() is code
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "ScaledObject sessions/nb-so" in (caught.value.details() or "")
-        assert words in (caught.value.details() or "")
+        assert "no 'session' key" in (caught.value.details() or "")
+
+
+async def test_an_unknown_session_is_inactive_by_default(
+    stub: pb_grpc.ExternalScalerStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """keda.unknown_sessions: inactive (the default): IsActive false and metric 0, so KEDA
+    scales the workload of a lost session to zero; one log line says so, not one a call."""
+    for _ in range(3):
+        assert (await stub.IsActive(ref("nobody"))).result is False
+        metrics = await stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref("nobody")))
+        assert [m.metricValueFloat for m in metrics.metricValues] == [0.0]
+    spec = await stub.GetMetricSpec(ref("nobody"))
+    assert [m.metricName for m in spec.metricSpecs] == ["siesta-nobody"]
+    lines = [r.getMessage() for r in caplog.records if "nobody" in r.getMessage()]
+    assert len(lines) == 1
+    assert "which siesta does not know: answered inactive" in lines[0]
+
+
+async def test_an_unknown_session_can_be_an_error(tmp_path: Path) -> None:
+    """keda.unknown_sessions: error answers NOT_FOUND, naming the ScaledObject."""
+    lifecycle = Lifecycle({}, ThreadedSqlite(tmp_path / "s.db"), KedaProvider({}))
+    servicer = ExternalScaler(lifecycle, unknown_sessions="error")
+
+    class Context:
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise grpc.aio.AbortError(f"{code.name}: {details}")
+
+    with pytest.raises(grpc.aio.AbortError) as caught:
+        await servicer.IsActive(ref("nobody"), Context())
+    assert "NOT_FOUND: ScaledObject sessions/nb-so: no session 'nobody'" in str(caught.value)
 
 
 async def test_a_config_mapping_names_the_session_of_a_scaled_object(
@@ -343,7 +364,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
     provider = KedaProvider(config.templates)
     lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
     await lifecycle.start(config.sessions)
-    controller = Controller(lifecycle, config.template_policies(), provider=provider, clock=clock)
+    controller = Controller(lifecycle, config.template_policies(), clock=clock)
     servicer = ExternalScaler(lifecycle)
     try:
         assert (await servicer.IsActive(ref(), None)).result is False

@@ -19,8 +19,7 @@ from siesta.core.policy import (
     Signals,
     compile_rule,
 )
-from siesta.providers.base import BackendStatus
-from siesta.signals import RateWindow, read_signals
+from siesta.signals import RateWindow, Window, read_signals
 
 MINUTE = 60.0
 TEMPLATE = "templates:\n  web: {command: [app], policy: default}\n"
@@ -227,7 +226,7 @@ def test_read_signals_takes_them_from_the_session() -> None:
         monotonic=1000.0,
         wall=1_700_000_000.0,
         rates=(7, 700),
-        status=BackendStatus(running=True, cpu_percent=3.5, memory_bytes=1234),
+        window=Window(cpu_percent=3.5, memory_bytes=1234),
         app={"ok": False},
     )
     assert signals == Signals(

@@ -405,8 +405,8 @@ def test_the_issue_s_activity_settings_load() -> None:
 @pytest.mark.parametrize(
     ("activity_yaml", "problem"),
     [
-        ("{every: 30s}", "templates.nb.activity: set exactly one of preset (jupyter) or http"),
-        ('{preset: jupyter, http: "/s"}', "set exactly one of preset"),
+        ("{every: 30s}", "templates.nb.activity: set preset (jupyter), http (a path"),
+        ('{preset: jupyter, http: "/s"}', "set one of preset (jupyter) or http"),
         ("{preset: jupyterlab}", "templates.nb.activity.preset: must be 'jupyter'"),
         ("{http: status}", "templates.nb.activity.http: must be a path starting with '/'"),
         ('{http: "/s", token: abc}', "token goes with preset jupyter; with http, use headers"),

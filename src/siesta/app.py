@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from siesta.providers.dispatch import ByTemplate
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
 from siesta.replicas import ACTIVITY_EVERY, Replicas
+from siesta.resources import Sampler, sampler_templates
 from siesta.savings.keeper import LedgerKeeper
 from siesta.store import open_store
 from siesta.store.accounts import StoredLedger
@@ -69,6 +71,7 @@ class Siesta:
             self.store,
             self.provider,
             start_timeout=config.gateway.wake_timeout,
+            base_url=self._base_url,
             health=self.health,
             retention=config.store.retention,
         )
@@ -83,9 +86,20 @@ class Siesta:
         )
         if self.replicas is not None:
             self.lifecycle.share(self.replicas)
-        self.gateway = Gateway(config.gateway, self.lifecycle)
+        ignore = {
+            name: f
+            for name, t in config.templates.items()
+            if t.activity is not None and (f := t.activity.filter()) is not None
+        }
+        self.gateway = Gateway(config.gateway, self.lifecycle, ignore=ignore)
         self.scaler = (
-            ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
+            ScalerServer(
+                ExternalScaler(
+                    self.lifecycle,
+                    config.keda.scaled_objects,
+                    unknown_sessions=config.keda.unknown_sessions,
+                )
+            )
             if config.keda is not None
             else None
         )
@@ -105,6 +119,7 @@ class Siesta:
         )
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
+        self.sampler: Sampler | None = None
         self.prober: Prober | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,11 +133,13 @@ class Siesta:
             self.config.log_dir,
             base_url=self._base_url,
             instance=self.config.instance_id,
+            cgroups=os.environ.get("SIESTA_CGROUPS", "auto") != "off",
         )
         kinds = {name: t.provider for name, t in templates.items()}
         if set(kinds.values()) == {"local"}:
             return local
-        providers: dict[str, Provider] = {"local": local, "keda": KedaProvider(templates)}
+        keda = KedaProvider(templates, base_url=self._base_url)
+        providers: dict[str, Provider] = {"local": local, "keda": keda}
         if "docker" in kinds.values():
             from siesta.providers.docker import DockerProvider  # aiohttp: only when used
 
@@ -147,14 +164,25 @@ class Siesta:
         await self.lifecycle.start(self.config.sessions)
         if self.docker is not None:  # before the gateway: orphans go, exits are followed
             await self.docker.begin()
-        self.controller = Controller(
-            self.lifecycle, self.config.template_policies(), provider=self.provider
+        policies = self.config.template_policies()
+        self.sampler = Sampler(
+            self.lifecycle,
+            self.provider,
+            sampler_templates(
+                {name: t.cpu_window for name, t in self.config.templates.items()},
+                {name: p.needs_provider for name, p in policies.items()},
+            ),
         )
+        self.controller = Controller(self.lifecycle, policies, resources=self.sampler)
         self.prober = Prober(
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
         controller = self.controller
-        self._tasks = [self._guarded(self._flush_activity, "activity flush")]
+        sampler = self.sampler
+        self._tasks = [
+            self._guarded(self._flush_activity, "activity flush"),
+            self._guarded(sampler.run, "resource sampler"),
+        ]
         if self.replicas is None:
             self._tasks.append(self._guarded(controller.run, "controller"))
         else:  # the controller runs on the replica that holds its lease
@@ -224,6 +252,8 @@ class Siesta:
             await self.controller.close()
         self._write_activity()
         await self.lifecycle.shutdown()
+        if self.sampler is not None:
+            await self.sampler.close()  # the last samples of the sessions stopped above
         await self.store.close()
         if self._lock is not None:
             self._lock.close()

@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from siesta import replay
+from siesta import record, replay
 from siesta.adminclient import AdminClient, AdminError, NotRunning, read_token
 from siesta.config import Config, ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration, parse_duration
@@ -504,6 +504,56 @@ def policy_replay(
         err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     _print_replay(report, timeline)
+
+
+@policy_app.command("record")
+def policy_record(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="The trace to write (CSV); appended to.", show_default=False
+        ),
+    ],
+    config: ConfigOption = Path("siesta.yaml"),
+    every: Annotated[
+        str, typer.Option("--every", help="How often siesta is asked (a duration).")
+    ] = "1s",
+    duration: Annotated[
+        str | None,
+        typer.Option("--for", help="Stop after this long (a duration); else at Ctrl-C."),
+    ] = None,
+) -> None:
+    """Record a running siesta's signals (requests, bytes, connections, cpu, probe maps)
+    as a trace that `siesta policy replay` reads: replay a real day of your sessions
+    against a new policy before deploying it."""
+    client, _ = _client(config)
+    try:
+        period = parse_duration(every)
+        until = None if duration is None else time.monotonic() + parse_duration(duration)
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    recorder = record.Recorder()
+    written, sessions = 0, set[str]()
+    fresh = not out.exists() or out.stat().st_size == 0
+    try:
+        with open(out, "a", encoding="utf-8") as trace:
+            if fresh:
+                trace.write(record.HEADER)
+            while until is None or time.monotonic() < until:
+                began = time.monotonic()
+                query = "" if recorder.started else "?all=true"
+                rows = recorder.rows(client.request("GET", "/api/signals" + query))
+                trace.write(record.format_rows(rows))
+                trace.flush()
+                written += len(rows)
+                sessions.update(row[1] for row in rows)
+                time.sleep(max(0.0, period - (time.monotonic() - began)))
+    except AdminError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+    err.print(f"recorded {written} rows of {len(sessions)} sessions to {out}", highlight=False)
 
 
 def _print_replay(report: replay.Report, timeline: bool) -> None:

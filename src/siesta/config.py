@@ -34,8 +34,19 @@ from pydantic_core import ErrorDetails
 from siesta.core import activity
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import parse_duration
-from siesta.core.policy import Policy, PolicyError, Rule, Warn, check_app, compile_rule
+from siesta.core.ignore import JUPYTER_IGNORE, ActivityFilter
+from siesta.core.policy import (
+    PROVIDER_SIGNALS,
+    Policy,
+    PolicyError,
+    Rule,
+    Warn,
+    check_app,
+    compile_rule,
+)
 from siesta.core.routing import RoutingMode
+from siesta.providers.keda import name_problem
+from siesta.readiness import ReadySpec, placeholder_problem
 from siesta.savings.settings import ResourcesConf, SavingsConf
 
 Loc = tuple[str | int, ...]
@@ -46,7 +57,11 @@ NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})$"
 
 _DOMAIN_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
 _HEADER_PATTERN = r"^[A-Za-z0-9-]+$"
+LOCAL_READY_EVERY = 0.025  # seconds: readiness probes of a local or docker backend, at most
+REMOTE_READY_EVERY = 0.25  # seconds: of a keda backend (a pod takes seconds anyway)
+
 _HTTP_PATH_PATTERN = r"^/"
+_PROBE_PATH_PATTERN = r"^(/|\{base_url\})"
 _URL_PATTERN = r"^https?://[^\s/]+"
 _DURATION_PATTERN = r"^\d+(\.\d+)?$|^(\d+(\.\d+)?(ms|[dhms]))+$"
 _APP_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -60,6 +75,7 @@ _PATTERN_HINTS = {
     _DOMAIN_PATTERN: "must be a host name, e.g. localhost or example.com",
     _HEADER_PATTERN: "must be a header name (letters, digits and '-'), e.g. X-Siesta-Session",
     _HTTP_PATH_PATTERN: "must be a path starting with '/', e.g. /healthz",
+    _PROBE_PATH_PATTERN: "must be a path starting with '/' or {base_url}, e.g. /healthz",
     _URL_PATTERN: "must be an http:// or https:// URL, e.g. http://127.0.0.1:9000/hook",
     _APP_KEY_PATTERN: "must be a CEL name (letters, digits and '_'), e.g. busy_workers",
     _NO_SPACE_PATTERN: "must be one word, without spaces",
@@ -278,26 +294,91 @@ class ReadyConf(_Model):
 
     http: str | None = Field(
         default=None,
-        pattern=_HTTP_PATH_PATTERN,
-        description="Ready once an HTTP GET of this path (starting with /) is answered.",
+        pattern=_PROBE_PATH_PATTERN,
+        description="Ready once an HTTP GET of this path is answered below 500. It starts "
+        "with / or {base_url} and may use {base_url} (the session's base URL, / unless "
+        "the prefix is kept), {session} and {port}, e.g. {base_url}api/status.",
     )
     tcp: bool = Field(
         default=False,
         description="Ready once the backend's port accepts a TCP connection; needs nothing "
         "from the app, which is why templates use it by default.",
     )
+    timeout: PositiveDuration = _duration(
+        "1s",
+        "Seconds one readiness probe gets to connect and read its answer's status line; "
+        "a probe that takes longer counts as not ready. 1s: a ready backend answers in "
+        "milliseconds, and one that accepts and never answers cannot hold a wake.",
+    )
+    every: PositiveDuration | None = Field(
+        default=None,
+        description="Longest wait between readiness probes, growing from 1ms. Unset by "
+        "default: 25ms for local and docker backends (a wake costs little more than the "
+        "start), 250ms for keda ones (a pod takes seconds; fewer probes, fewer DNS "
+        "lookups).",
+        json_schema_extra={"default": "25ms local, 250ms keda"},
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
         if (self.http is not None) == self.tcp:
             raise ValueError("set exactly one of http (a path, e.g. /healthz) or tcp: true")
+        problem = None if self.http is None else placeholder_problem(self.http)
+        if problem is not None:
+            raise _NestedProblems([(("http",), problem)])
         return self
 
 
-class ActivityConf(_Model):
-    """An activity probe: how siesta asks an awake session's app whether it is busy.
+class IgnoreConf(_Model):
+    """Traffic that is served but is not activity: it neither resets idle_for nor counts
+    in requests_1m or bytes_1m (an ignored request still counts in inflight)."""
 
-    Set exactly one of `preset` or `http`. Its answer is the `app` map policies read.
+    requests: list[str] = Field(
+        default_factory=list,
+        description='"[METHOD ]PATH" patterns, PATH relative to the session\'s base URL, '
+        "with * (any run of characters) and ? (one); the query string is not matched. "
+        'E.g. "GET /api/kernels" (that method only) or "/healthz" (any method).',
+    )
+    methods: list[str] = Field(
+        default_factory=list, description="Methods ignored on any path, e.g. [OPTIONS]."
+    )
+    user_agents: list[str] = Field(
+        default_factory=list,
+        description="User-Agent patterns (* and ?) of clients whose requests are ignored, "
+        'e.g. ["kube-probe/*"].',
+    )
+    websocket_control: bool = Field(
+        default=True,
+        description="Websocket ping and pong frames are not activity (data frames are). "
+        "On by default: a browser answers a server's pings by itself, so they say nothing "
+        "about a person.",
+    )
+
+    @field_validator("requests")
+    @classmethod
+    def _check_requests(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            path = spec.strip().rpartition(" ")[2]
+            if not path.startswith(("/", "*")):
+                raise ValueError(f"{spec!r}: the path must start with / (or *), e.g. /api/x")
+        return value
+
+    def build(self) -> ActivityFilter:
+        """The compiled filter."""
+        return ActivityFilter(
+            self.requests,
+            methods=self.methods,
+            user_agents=self.user_agents,
+            websocket_control=self.websocket_control,
+        )
+
+
+class ActivityConf(_Model):
+    """What is activity: a probe asking an awake session's app whether it is busy, and
+    traffic that does not count (`ignore`).
+
+    Set at most one of `preset` or `http` (none: no probe, only `ignore`). The probe's
+    answer is the `app` map policies read.
     Every map has app.ok (bool: the last probe was answered) and app.error (string:
     why not, else ""). The jupyter preset adds app.last_activity (timestamp),
     app.idle_for (duration since last_activity, as of the last probe), app.kernels,
@@ -312,8 +393,9 @@ class ActivityConf(_Model):
     )
     http: str | None = Field(
         default=None,
-        pattern=_HTTP_PATH_PATTERN,
-        description="A path (starting with /) answering a JSON document, read with `map`.",
+        pattern=_PROBE_PATH_PATTERN,
+        description="A path answering a JSON document, read with `map`; it starts with / "
+        "or {base_url} and may use {base_url}, {session} and {port}, as ready.http.",
     )
     map: dict[Annotated[str, StringConstraints(pattern=_APP_KEY_PATTERN)], str] | None = Field(
         default=None,
@@ -331,6 +413,15 @@ class ActivityConf(_Model):
         description="With preset jupyter: the server's token, sent as Authorization: "
         "token <token>. Unset by default: the template's env JUPYTER_TOKEN, if any.",
     )
+    ignore: IgnoreConf | None = Field(
+        default=None,
+        description="Traffic served but not counted as activity: {requests: [...], methods: "
+        "[...], user_agents: [...], websocket_control: true}. Unset by default: everything "
+        "counts, except with preset jupyter, whose default is what an open JupyterLab tab "
+        "polls by itself (GET /api/contents*, /api/sessions, /api/kernels, /api/kernelspecs, "
+        "/api/terminals, /api/me, /api/status; /lab/api/workspaces* by any method) and "
+        "websocket pings; a list given here replaces it.",
+    )
     every: PositiveDuration = _duration(
         "30s",
         "Seconds between probes of an awake session. 30s: the app's news reaches the "
@@ -345,8 +436,15 @@ class ActivityConf(_Model):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        if (self.preset is None) == (self.http is None):
-            raise ValueError("set exactly one of preset (jupyter) or http (a path, e.g. /status)")
+        if self.preset is not None and self.http is not None:
+            raise ValueError("set one of preset (jupyter) or http (a path, e.g. /status)")
+        if self.preset is None and self.http is None and self.ignore is None:
+            raise ValueError(
+                "set preset (jupyter), http (a path, e.g. /status) or ignore (what is not activity)"
+            )
+        problem = None if self.http is None else placeholder_problem(self.http)
+        if problem is not None:
+            raise _NestedProblems([(("http",), problem)])
         if self.preset is not None and (self.map is not None or self.headers):
             raise ValueError("map and headers go with http, not with a preset")
         if self.http is not None and self.token is not None:
@@ -356,8 +454,23 @@ class ActivityConf(_Model):
             raise ValueError(f"map: {', '.join(reserved)} is set by siesta itself: rename it")
         return self
 
+    @property
+    def probes(self) -> bool:
+        """Whether the app is asked (a preset or an http path), not only `ignore` given."""
+        return self.preset is not None or self.http is not None
+
+    def filter(self) -> ActivityFilter | None:
+        """What traffic is not activity: `ignore`, else the preset's default list."""
+        if self.ignore is not None:
+            return self.ignore.build()
+        if self.preset == "jupyter":
+            return ActivityFilter(JUPYTER_IGNORE)
+        return None
+
     def keys(self) -> frozenset[str] | None:
         """The keys of the `app` map this probe gives; None when they are not known ahead."""
+        if not self.probes:
+            return frozenset()
         if self.preset == "jupyter":
             return frozenset(activity.JUPYTER_KEYS)
         if self.map is None:
@@ -395,6 +508,14 @@ class TemplateConf(_Model):
         "10s",
         "Seconds between SIGTERM and SIGKILL when a backend is put to sleep. 10s: "
         "Docker's default, plenty for a clean exit.",
+    )
+    cpu_window: PositiveDuration = _duration(
+        "30s",
+        "Seconds the cpu_percent signal averages over: the backend's CPU use (its whole "
+        "process tree or container; 100 = one core) over the last cpu_window, sampled "
+        "every cpu_window/6 on a timer of its own. 30s: a job that computes in bursts "
+        "(a training loop writing checkpoints, a kernel between cells) still shows up, "
+        "and a finished one lets the session sleep half a minute later.",
     )
     env: dict[str, str] = Field(
         default_factory=dict,
@@ -434,6 +555,13 @@ class TemplateConf(_Model):
         "`command`), `keda` (a Kubernetes workload KEDA scales, reached at `address`) or "
         "`docker` (a container per session, from `image`: see docs/docker.md). local by "
         "default: it needs nothing but this machine.",
+    )
+    scaled_object: str | None = Field(
+        default=None,
+        description="For provider keda: the name of the session's ScaledObject, {session} "
+        "filled in, e.g. nb-{session}. Only checked: keda-hpa-<name> (the HPA KEDA makes) "
+        "must fit in 63 characters, so too long a session id is refused. Unset by default: "
+        "the first label of address's host, as deploy/kubernetes/session-example names it.",
     )
     address: str | None = Field(
         default=None,
@@ -546,6 +674,19 @@ class TemplateConf(_Model):
         if reserved:
             raise ValueError(f"{', '.join(reserved)}: keys starting with siesta. are siesta's")
         return value
+
+    @property
+    def remote(self) -> bool:
+        """Whether the backend runs elsewhere (keda): siesta neither starts nor stops it."""
+        return self.provider == "keda"
+
+    @property
+    def ready_spec(self) -> ReadySpec:
+        """How readiness is checked: the path, the probe's timeout, the longest interval."""
+        every = self.ready.every
+        if every is None:
+            every = REMOTE_READY_EVERY if self.remote else LOCAL_READY_EVERY
+        return ReadySpec(self.ready.http, self.ready.timeout, every)
 
     @field_validator("cwd")
     @classmethod
@@ -699,6 +840,14 @@ class KedaConf(_Model):
     )
     tls: TlsConf | None = Field(
         default=None, description="Serve TLS with {cert, key}. Unset by default: plaintext."
+    )
+    unknown_sessions: Literal["inactive", "error"] = Field(
+        default="inactive",
+        description="What KEDA hears about a session siesta does not know (deleted, or "
+        "never created): inactive answers IsActive false and metric 0, with a log line, "
+        "so KEDA scales its workload to zero; error answers NOT_FOUND, on which KEDA "
+        "neither scales up nor down. inactive by default: a lost session must never keep "
+        "a pod running, or freeze it, forever.",
     )
     scaled_objects: dict[str, Name] = Field(
         default_factory=dict,
@@ -867,6 +1016,12 @@ class Config(_Model):
         ]
         unknown += self._link_policies()
         unknown += _provider_problems(self.templates)
+        unknown += [
+            (("sessions", sid), problem)
+            for sid, conf in self.sessions.items()
+            if conf.template in self.templates
+            and (problem := self.session_problem(sid, conf.template)) is not None
+        ]
         if self.keda is None:
             unknown += [
                 (("templates", name, "provider"), _NO_KEDA)
@@ -895,7 +1050,16 @@ class Config(_Model):
             else:
                 self._policies[name] = named[template.policy]
                 problems += _app_problems(name, template, named[template.policy])
+                problems += _resource_problems(name, template, named[template.policy])
         return problems
+
+    def session_problem(self, session_id: str, template: str) -> str | None:
+        """Why `session_id` cannot run `template` (a keda template makes Kubernetes names
+        of it, which have rules), or None; the API asks it of new sessions too."""
+        conf = self.templates.get(template)
+        if conf is None or conf.provider != "keda" or conf.address is None:
+            return None
+        return name_problem(conf.address, conf.scaled_object, session_id)
 
     def policy_for(self, template: str) -> Policy:
         """The policy that puts sessions of `template` to sleep (idle_timeout if none named)."""
@@ -985,6 +1149,27 @@ def _docker_problems(template: TemplateConf) -> list[tuple[Loc, str]]:
     return problems
 
 
+MEASURING_PROVIDERS = frozenset({"local", "docker"})
+"""The providers whose `measures()` is true: they give cpu_percent and memory_bytes."""
+
+
+def _resource_problems(name: str, template: TemplateConf, policy: Policy) -> list[tuple[Loc, str]]:
+    """Rules reading cpu_percent or memory_bytes on a provider that cannot measure them."""
+    if template.provider in MEASURING_PROVIDERS:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for rule in policy.rules:
+        reads = [v for v in rule.variables if v in PROVIDER_SIGNALS]
+        if reads:
+            message = (
+                f"reads {', '.join(reads)}, which provider {template.provider} of template "
+                f"{name!r} cannot measure (siesta does not read the cluster's metrics): "
+                "rely on traffic or an activity probe (app.*)"
+            )
+            problems.append((("policies", policy.name, rule.key), message))
+    return problems
+
+
 def _app_problems(name: str, template: TemplateConf, policy: Policy) -> list[tuple[Loc, str]]:
     """The `app.*` reads of `policy` that the activity probe of template `name` cannot answer."""
     probe = template.activity
@@ -997,6 +1182,8 @@ def _app_problems(name: str, template: TemplateConf, policy: Policy) -> list[tup
 
 
 def _app_problem(name: str, probe: ActivityConf | None, rule: Rule) -> str | None:
+    if probe is not None and not probe.probes:
+        probe = None  # only `ignore`: no app map
     keys = frozenset() if probe is None else probe.keys()
     missing = [] if keys is None else sorted(_app_keys(rule.source) - keys)
     reads = ", ".join(f"app.{key}" for key in missing)

@@ -15,7 +15,6 @@ ahead, once per awake period, by webhook or command.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import math
@@ -23,17 +22,25 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.model import Session, State
 from siesta.core.policy import Decision, EvaluationError, Policy, Signals, Warn
 from siesta.httpclient import async_client
 from siesta.lifecycle import Lifecycle
-from siesta.providers.base import BackendStatus, Provider
-from siesta.signals import RateWindow, read_signals
+from siesta.signals import RateWindow, Window, read_signals
+from siesta.timers import run_timer
 
 log = logging.getLogger("siesta.controller")
+
+
+class Resources(Protocol):
+    """What the controller reads of the resource sampler (`siesta.resources.Sampler`)."""
+
+    def window(self, session_id: str) -> Window | None: ...
+    def ready_at(self, session_id: str) -> float | None: ...
+
 
 WEBHOOK_TIMEOUT = 5.0  # seconds a warning webhook gets to answer
 COMMAND_TIMEOUT = 30.0  # seconds a warning command gets to finish before it is killed
@@ -45,7 +52,9 @@ class Controller:
     """Schedules and runs the policy checks of awake sessions.
 
     `policies` maps template names to their policy (`Config.template_policies()`);
-    `provider` answers cpu and memory for policies that read them. `app_signals`
+    `resources` (the `siesta.resources.Sampler`) answers cpu and memory for policies
+    that read them; until its first window, such a policy is not evaluated and the
+    check waits for the window (`ready_at`). `app_signals`
     holds each session's `app` map, for an activity probe to fill (`siesta.probes`),
     which also counts its failures in `probe_failures`.
     `evaluation_errors` counts checks whose rules failed to run (the session was
@@ -57,12 +66,12 @@ class Controller:
         lifecycle: Lifecycle,
         policies: Mapping[str, Policy],
         *,
-        provider: Provider | None = None,
+        resources: Resources | None = None,
         clock: Clock | None = None,
     ):
         self._lifecycle = lifecycle
         self._policies = policies
-        self._provider = provider
+        self._resources = resources
         self._clock = clock or SystemClock()
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
@@ -104,18 +113,24 @@ class Controller:
     async def current_signals(self, session_id: str) -> Signals | None:
         """What a check of `session_id` would read now; None unless it is awake.
 
-        For `siesta policy explain`: cpu and memory are asked of the provider when
-        the policy reads them, as a check does. Nothing is scheduled or decided.
+        For `siesta policy explain`: cpu and memory are the sampler's window, as a
+        check reads them (0 before its first window). Nothing is scheduled, decided
+        or sampled.
         """
         session = self._lifecycle.get(session_id)
         if session is None or session.state is not State.AWAKE:
             return None
         policy = self.policy_of(session)
-        statuses = await self._statuses([session_id]) if policy.needs_provider else {}
-        if session.state is not State.AWAKE:
-            return None  # put to sleep while the provider answered
         now = self._clock.monotonic()
-        return self._signals(session, policy, now, statuses.get(session_id))
+        return self._signals(session, policy, now, self._window(session_id, policy))
+
+    def resource_window(self, session_id: str) -> Window | None:
+        """The sampler's cpu and memory of `session_id`, when it has a window."""
+        return None if self._resources is None else self._resources.window(session_id)
+
+    def measured(self, session_id: str) -> bool:
+        """Whether cpu_percent and memory_bytes of `session_id` have a window yet."""
+        return self._resources is not None and self._resources.window(session_id) is not None
 
     # -- scheduling -----------------------------------------------------------
 
@@ -140,7 +155,7 @@ class Controller:
         """Schedule a session that just woke: by its policy's answer, else at once."""
         policy = self.policy_of(session)
         if policy.needs_provider:
-            self._schedule(session.id, now)  # the check fetches cpu and memory
+            self._schedule(session.id, self._window_ready(session.id, now))
             return
         try:
             decision = policy.evaluate(self._signals(session, policy, now, None))
@@ -180,14 +195,13 @@ class Controller:
             if self._due.get(sid) == at:
                 del self._due[sid]
                 due.append(sid)
-        statuses = await self._statuses(due)
-        return [sid for sid in due if self._check_guarded(sid, now, statuses.get(sid))]
+        return [sid for sid in due if self._check_guarded(sid, now)]
 
-    def _check_guarded(self, sid: str, now: float, status: BackendStatus | None) -> bool:
+    def _check_guarded(self, sid: str, now: float) -> bool:
         """`_check`, but a bug in one session's check never stops the controller: it is
         logged, counted as an evaluation error, and the session is looked at again later."""
         try:
-            return self._check(sid, now, status)
+            return self._check(sid, now)
         except Exception:
             self.evaluation_errors += 1
             log.exception("%s: checking the policy failed; kept awake", sid)
@@ -196,36 +210,36 @@ class Controller:
                 self._schedule(sid, now + self.policy_of(session).check_every)
             return False
 
-    async def _statuses(self, due: list[str]) -> dict[str, BackendStatus]:
-        """The provider's status of the due sessions whose policy reads cpu or memory."""
-        provider = self._provider
-        if provider is None:
-            return {}
-        wanted = [sid for sid in due if self._needs_provider(sid)]
-        if not wanted:
-            return {}
-        answers = await asyncio.gather(
-            *(provider.status(sid) for sid in wanted), return_exceptions=True
+    def _window(self, sid: str, policy: Policy) -> Window | None:
+        """The resource window of a session whose policy reads cpu or memory."""
+        if not policy.needs_provider or self._resources is None:
+            return None
+        return self._resources.window(sid)
+
+    def _measuring(self, sid: str, policy: Policy) -> bool:
+        """Whether the policy reads cpu or memory and the sampler measures the session."""
+        resources = self._resources
+        return (
+            policy.needs_provider and resources is not None and resources.ready_at(sid) is not None
         )
-        statuses: dict[str, BackendStatus] = {}
-        for sid, answer in zip(wanted, answers, strict=True):
-            if isinstance(answer, BaseException):
-                log.warning("%s: no status from the provider: %s", sid, answer)
-            else:
-                statuses[sid] = answer
-        return statuses
 
-    def _needs_provider(self, sid: str) -> bool:
-        session = self._lifecycle.get(sid)
-        return session is not None and self.policy_of(session).needs_provider
+    def _window_ready(self, sid: str, now: float) -> float:
+        """When a policy reading cpu or memory can first be evaluated: the first window."""
+        ready = None if self._resources is None else self._resources.ready_at(sid)
+        return now if ready is None else max(now, ready)
 
-    def _check(self, sid: str, now: float, status: BackendStatus | None) -> bool:
+    def _check(self, sid: str, now: float) -> bool:
         session = self._lifecycle.get(sid)
         if session is None or session.state is not State.AWAKE:
             return False
         policy = self.policy_of(session)
+        window = self._window(sid, policy)
+        if window is None and self._measuring(sid, policy):
+            # not measured yet: never decided on a guess; checked again at its first window
+            self._schedule(sid, max(now + MIN_DELAY, self._window_ready(sid, now)))
+            return False
         try:
-            decision = policy.evaluate(self._signals(session, policy, now, status))
+            decision = policy.evaluate(self._signals(session, policy, now, window))
         except EvaluationError as exc:
             self.evaluation_errors += 1
             log.warning("%s: policy %s failed, kept awake: %s", sid, policy.name, exc)
@@ -243,18 +257,18 @@ class Controller:
         return True
 
     def _signals(
-        self, session: Session, policy: Policy, now: float, status: BackendStatus | None
+        self, session: Session, policy: Policy, now: float, window: Window | None
     ) -> Signals:
         rates = (0, 0)
-        window = self._rates.get(session.id)
-        if window is not None and policy.variables & RATE_SIGNALS:
-            rates = window.sample(now, session.activity.requests, session.activity.bytes)
+        counted = self._rates.get(session.id)
+        if counted is not None:
+            rates = counted.sample(now, session.activity.requests, session.activity.bytes)
         return read_signals(
             session,
             monotonic=now,
             wall=self._clock.time(),
             rates=rates,
-            status=status,
+            window=window,
             app=self.app_signals.get(session.id),
         )
 
@@ -299,13 +313,7 @@ class Controller:
 
     async def run(self) -> None:
         """Run the timers until cancelled."""
-        while True:
-            await self.tick()
-            delay = self._heap[0][0] - self._clock.monotonic() if self._heap else 3600.0
-            self._changed.clear()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
+        await run_timer(self.tick, self._heap, self._changed, self._clock)
 
     async def close(self) -> None:
         """Wait for sleeps and warnings under way."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,7 +25,7 @@ from siesta.core.lifecycle import after_failed_start, backoff_delay, check_trans
 from siesta.core.model import Endpoint, Session, State, Transition
 from siesta.health import Health
 from siesta.providers.base import Provider, RunningBackend
-from siesta.readiness import http_ready, tcp_ready, wait_ready
+from siesta.readiness import NotReady, ReadySpec, wait_ready
 from siesta.store.base import Batch, Registration, SessionRecord, Store
 from siesta.store.writer import Recorder
 
@@ -56,18 +56,13 @@ Observer = Callable[[Transition], None]
 """Called with every event as it is recorded (the admin API's stream, the metrics)."""
 
 
-class ReadySpec(Protocol):
-    """How readiness is checked: an HTTP path, or a TCP connect when `http` is None."""
-
-    @property
-    def http(self) -> str | None: ...
-
-
 class LifecycleTemplate(Protocol):
     """What the lifecycle reads from a template."""
 
     @property
-    def ready(self) -> ReadySpec: ...
+    def ready_spec(self) -> ReadySpec: ...
+    @property
+    def remote(self) -> bool: ...
     @property
     def stop_grace(self) -> float: ...
     @property
@@ -118,6 +113,7 @@ class Lifecycle:
         *,
         start_timeout: float = 60.0,
         clock: Clock | None = None,
+        base_url: Callable[[str], str] = lambda session: "/",
         health: Health | None = None,
         retention: float | None = None,
     ):
@@ -131,6 +127,7 @@ class Lifecycle:
         self._templates = templates
         self._provider = provider
         self._start_timeout = start_timeout
+        self._base_url = base_url  # fills {base_url} in readiness paths
         self._clock = clock or SystemClock()
         self._wakes: dict[str, _Wake] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
@@ -165,7 +162,7 @@ class Lifecycle:
             stored[sid] = replace(old, template=spec.template, labels=dict(spec.labels))
         records = [r for r in stored.values() if self._known_template(r)]
         candidates = [
-            RunningBackend(r.id, r.endpoint, r.pid, r.pid_started)
+            RunningBackend(r.id, r.endpoint, r.pid, r.pid_started, r.template)
             for r in records
             if r.state in (State.WAKING, State.AWAKE, State.STOPPING) and r.endpoint
         ]
@@ -251,7 +248,11 @@ class Lifecycle:
         for wake in list(self._wakes.values()):
             wake.task.cancel()
         await asyncio.gather(*(w.task for w in list(self._wakes.values())), return_exceptions=True)
-        awake = [s for s in self.sessions.values() if s.state is State.AWAKE]
+        awake = [  # a remote backend (keda) is not siesta's: it runs on, and is adopted again
+            s
+            for s in self.sessions.values()
+            if s.state is State.AWAKE and not self._templates[s.template].remote
+        ]
         if self._shared is None:
             sleeps = [self.sleep(s.id, "siesta shut down") for s in awake]
             await asyncio.gather(*sleeps, return_exceptions=True)
@@ -378,8 +379,12 @@ class Lifecycle:
         )
         self._save(session)  # the pid goes to the store first: a crash now orphans nothing
         try:
+            spec = template.ready_spec
             await wait_ready(
-                self._probe(session, template.ready), self._alive(session), self._start_timeout
+                self._probe(session, spec),
+                self._alive(session),
+                self._start_timeout,
+                cap=spec.interval,
             )
         except asyncio.CancelledError:
             await self._stop_backend(session)
@@ -415,13 +420,34 @@ class Lifecycle:
         self._move(session, State.ASLEEP, "wake cancelled")
         self._spawn(self._shared_move(session, State.WAKING, State.ASLEEP, "wake cancelled", True))
 
-    def _probe(self, session: Session, ready: ReadySpec) -> Callable[[], asyncio.Future[bool]]:
+    def _probe(self, session: Session, spec: ReadySpec) -> Callable[[], Awaitable[bool]]:
         endpoint = session.endpoint
         assert endpoint is not None
-        path = ready.http
-        if path is None:
-            return lambda: asyncio.ensure_future(tcp_ready(endpoint))
-        return lambda: asyncio.ensure_future(http_ready(endpoint, path))
+        return spec.probe(endpoint, session.id, self._base_url(session.id))
+
+    def remote(self, session: Session) -> bool:
+        """Whether the session's backend runs elsewhere (keda): not siesta's to start."""
+        return self._templates[session.template].remote
+
+    async def recheck(self, session_id: str) -> bool:
+        """Probe an AWAKE session's backend until it answers (True) or the wake timeout
+        passes (False): after a wake, a remote backend that refuses a connection may be
+        a pod going away while its successor starts."""
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not State.AWAKE or session.endpoint is None:
+            return False
+        spec = self._templates[session.template].ready_spec
+        alive = self._alive(session)
+        try:
+            await wait_ready(
+                self._probe(session, spec),
+                lambda: alive() and session.state is State.AWAKE,
+                self._start_timeout,
+                cap=spec.interval,
+            )
+        except NotReady:
+            return False
+        return True
 
     def _alive(self, session: Session) -> Callable[[], bool]:
         return lambda: self._provider.alive(session.id)

@@ -26,6 +26,7 @@ from siesta.core.clock import Clock, SystemClock
 from siesta.core.model import Endpoint, Session, State
 from siesta.httpclient import async_client
 from siesta.lifecycle import Lifecycle
+from siesta.readiness import fill_path
 
 log = logging.getLogger("siesta.probes")
 
@@ -55,6 +56,8 @@ class ActivitySpec(Protocol):
     def every(self) -> float: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def probes(self) -> bool: ...
 
 
 class ProbedTemplate(Protocol):
@@ -186,13 +189,22 @@ class HttpProbe:
 Probe = JupyterProbe | HttpProbe
 
 
-def make_probe(spec: ActivitySpec, env: Mapping[str, str], base_url: str = "/") -> Probe:
-    """The probe `spec` describes; the Jupyter token falls back on the template's JUPYTER_TOKEN."""
+def make_probe(
+    spec: ActivitySpec,
+    env: Mapping[str, str],
+    base_url: str = "/",
+    *,
+    session: str = "",
+    port: int = 0,
+) -> Probe:
+    """The probe `spec` describes, for `session` whose app listens on `port`; the Jupyter
+    token falls back on the template's JUPYTER_TOKEN; {base_url}, {session} and {port}
+    in an http path are filled in."""
     if spec.preset == "jupyter":
         return JupyterProbe(spec.token or env.get("JUPYTER_TOKEN"), base_url)
     if spec.http is None:
         raise ValueError("an activity probe needs a preset or an http path")
-    return HttpProbe(spec.http, spec.map, spec.headers)
+    return HttpProbe(fill_path(spec.http, session, port, base_url), spec.map, spec.headers)
 
 
 # Running --------------------------------------------------------------------------------
@@ -250,10 +262,16 @@ class Prober:
     def _begin(self, session: Session) -> None:
         template = self._templates.get(session.template)
         spec = None if template is None else template.activity
-        if template is None or spec is None or session.endpoint is None:
+        if template is None or spec is None or not spec.probes or session.endpoint is None:
             return
         self._end(session.id)
-        probe = make_probe(spec, template.env, self._base_url(session.id))
+        probe = make_probe(
+            spec,
+            template.env,
+            self._base_url(session.id),
+            session=session.id,
+            port=session.endpoint.port,
+        )
         self._sink.app_signals[session.id] = probe.unknown(self._now(), "not probed yet")
         run = self._run(session.id, session.endpoint, probe, spec)
         self._tasks[session.id] = asyncio.create_task(run, name=f"probe {session.id}")

@@ -41,10 +41,9 @@ from typing import Any
 from siesta.config import Config
 from siesta.core.model import Session, State
 from siesta.core.policy import EvaluationError, Policy
-from siesta.providers.base import BackendStatus
-from siesta.signals import RateWindow, read_signals
+from siesta.signals import RateWindow, Window, read_signals
 
-EVENTS = ("request", "connect", "disconnect", "cpu", "app")
+EVENTS = ("request", "bytes", "connect", "disconnect", "cpu", "app")
 """The kinds of trace rows."""
 
 TRACE_HELP = """\
@@ -57,6 +56,8 @@ those names is optional; blank lines and lines starting with # are skipped):
            hence the policy)
   event    request     one request (value: bytes moved, optional); wakes the session
                        if it is asleep
+           bytes       bytes moved without a new request (value: how many), e.g.
+                       websocket messages: activity, but no wake
            connect     a connection opens, e.g. a websocket; wakes it if asleep
            disconnect  a connection closes
            cpu         the backend's cpu_percent from now on (value: a number)
@@ -218,8 +219,8 @@ def _time(text: str, where: str) -> float:
 
 
 def _check_value(event: str, value: str, where: str) -> None:
-    if event == "request" and value and not (value.isdigit()):
-        raise TraceError(f"{where}: a request's value is the bytes moved, a whole number")
+    if event in ("request", "bytes") and value and not (value.isdigit()):
+        raise TraceError(f"{where}: a {event} row's value is the bytes moved, a whole number")
     if event == "cpu":
         try:
             cpu = float(value)
@@ -323,6 +324,10 @@ class _Replay:
             activity.bytes += int(row.value or 0)
             if awake:
                 activity.last_activity = at
+        elif row.event == "bytes":
+            activity.bytes += int(row.value or 0)
+            if awake:
+                activity.last_activity = at
         elif row.event == "connect":
             activity.connections += 1
             if awake:
@@ -369,9 +374,9 @@ class _Replay:
         rates = (0, 0)
         if sim.window is not None and policy.variables & _RATE_SIGNALS:
             rates = sim.window.sample(at, session.activity.requests, session.activity.bytes)
-        status = BackendStatus(running=True, cpu_percent=sim.cpu)
+        window = Window(cpu_percent=sim.cpu, memory_bytes=0)
         signals = read_signals(
-            session, monotonic=at, wall=at, rates=rates, status=status, app=sim.app
+            session, monotonic=at, wall=at, rates=rates, window=window, app=sim.app
         )
         try:
             decision = policy.evaluate(signals)

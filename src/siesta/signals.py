@@ -2,20 +2,32 @@
 
 The controller calls `read_signals` for each due session: durations come from the
 clock and the session's timestamps, counts from the gateway's `Activity` counters,
-cpu and memory from the provider's status (only when the policy reads them), rates
-from a `RateWindow` the controller samples at each check. No I/O here.
+cpu and memory from the resource sampler's `Window` (only when the policy reads
+them), rates from a `RateWindow` the controller samples at each check. No I/O here.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from siesta.core.model import Session
 from siesta.core.policy import Signals
-from siesta.providers.base import BackendStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A session's resource signals: CPU over its window (percent of one core), memory now.
+
+    Made by the resource sampler (`siesta.resources`), and by `policy replay` from a trace.
+    """
+
+    cpu_percent: float
+    memory_bytes: int
+
 
 RATE_WINDOW = 60.0
 """Seconds the `requests_1m` and `bytes_1m` signals look back."""
@@ -52,7 +64,7 @@ def read_signals(
     monotonic: float,
     wall: float,
     rates: tuple[int, int] = (0, 0),
-    status: BackendStatus | None = None,
+    window: Window | None = None,
     app: Mapping[str, Any] | None = None,
 ) -> Signals:
     """The signals of an awake `session` at `monotonic` (and wall-clock `wall`) time."""
@@ -67,8 +79,8 @@ def read_signals(
         inflight=activity.inflight + activity.elsewhere_inflight,
         requests_1m=rates[0],
         bytes_1m=rates[1],
-        cpu_percent=float(status.cpu_percent) if status is not None else 0.0,
-        memory_bytes=int(status.memory_bytes) if status is not None else 0,
+        cpu_percent=float(window.cpu_percent) if window is not None else 0.0,
+        memory_bytes=int(window.memory_bytes) if window is not None else 0,
         app=app if app is not None else {},
         now=datetime.fromtimestamp(wall, UTC),
         labels=session.labels,

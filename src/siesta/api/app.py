@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.middleware import Middleware
 
 from siesta import __version__
-from siesta.api import events, logs, policy, savings, sessions, system, ui
+from siesta.api import events, logs, policy, savings, sessions, signals, system, ui
 from siesta.api.auth import BearerAuth, is_open
 from siesta.api.deps import Services
 from siesta.api.errors import HANDLERS, responses
@@ -27,6 +27,7 @@ ROUTERS: list[APIRouter] = [
     sessions.router,
     logs.router,
     policy.router,
+    signals.router,
     events.router,
     savings.router,
     ui.router,

@@ -44,6 +44,8 @@ class Services:
     """The controller once it runs (None before): read `next_due`, `policy_of`, ..."""
     logs: Callable[[str, int], Awaitable[str]] = no_logs
     """`Provider.logs`: (session, lines) -> the last lines of its backend's output."""
+    check_new: Callable[[str, str], str | None] = lambda session, template: None
+    """`Config.session_problem`: why a new session (id, template) cannot be, or None."""
     ledger: LedgerKeeper | None = None
     """The savings ledger (`siesta.savings.keeper`), read by /api/savings and the dashboard."""
     config: Config | None = None

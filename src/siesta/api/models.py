@@ -159,3 +159,31 @@ class LogLines(BaseModel):
     session: str = Field(description="the session id")
     lines: int = Field(description="how many lines were asked for")
     log: str = Field(description="the last lines, oldest first")
+
+
+class SessionSignals(BaseModel):
+    """One running session's counters and measurements, as `siesta policy record` reads
+    them: the counters are cumulative since siesta started, so two snapshots give the
+    traffic between them."""
+
+    id: str
+    state: State
+    requests: int = Field(description="requests forwarded since siesta started")
+    bytes: int = Field(description="bytes moved (both ways) since siesta started")
+    connections: int = Field(description="open client connections now")
+    inflight: int = Field(description="requests in flight now")
+    last_activity: float | None = Field(description="seconds since the epoch of the last byte")
+    cpu_percent: float | None = Field(
+        description="CPU over the template's cpu_window (100 = one core); null when not measured"
+    )
+    memory_bytes: int | None = Field(description="resident memory now; null when not measured")
+    app: dict[str, Any] | None = Field(
+        description="the activity probe's map (durations in seconds, times ISO 8601)"
+    )
+
+
+class SignalsSnapshot(BaseModel):
+    """The signals of every session that is not asleep, at one moment."""
+
+    at: float = Field(description="seconds since the epoch of the snapshot")
+    sessions: list[SessionSignals]

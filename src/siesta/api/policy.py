@@ -30,6 +30,8 @@ class PolicySource(Protocol):
 
     def next_due(self, session_id: str) -> float | None: ...
 
+    def measured(self, session_id: str) -> bool: ...
+
     async def current_signals(self, session_id: str) -> Signals | None: ...
 
 
@@ -45,7 +47,13 @@ async def explain(session: PathSession, svc: Svc) -> Explanation:
         raise ApiProblem(503, "the controller is not running yet")
     policy = controller.policy_of(session)
     signals = await controller.current_signals(session.id)
-    return explanation(session, policy, signals, controller.next_due(session.id))
+    answer = explanation(session, policy, signals, controller.next_due(session.id))
+    if signals is not None and policy.needs_provider and not controller.measured(session.id):
+        answer.note = (
+            "cpu_percent and memory_bytes have no window yet (two samples of the backend's "
+            "usage): they read 0 here, and the policy is not checked until they have one"
+        )
+    return answer
 
 
 def explanation(

@@ -62,6 +62,7 @@ class AdminServer:
             self.hub,
             controller,
             logs=logs or no_logs,
+            check_new=config.session_problem,
             ledger=ledger,
             config=config,
         )

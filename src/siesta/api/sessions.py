@@ -35,6 +35,9 @@ async def list_sessions(svc: Svc) -> list[SessionInfo]:
     ),
 )
 async def create_session(new: NewSession, svc: Svc) -> SessionInfo:
+    problem = svc.check_new(new.id, new.template)
+    if problem is not None:
+        raise ApiProblem(422, problem)
     try:
         session = await svc.lifecycle.add_session(new.id, new.template, new.labels)
     except SessionExists as exc:

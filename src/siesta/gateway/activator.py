@@ -112,6 +112,33 @@ class Activator:
         retry = str(max(1, math.ceil(retry_after))).encode()
         conn.respond(req, 503, why, detail=detail, headers=((b"Retry-After", retry),))
 
+    def recheck(self, conn: ClientConnection, req: Request) -> bool:
+        """Hold `req`, whose remote backend refused a connection after its wake, while the
+        lifecycle checks readiness again; then forward it, or answer 503. False (the
+        caller answers 502) for a local backend, or a request already held so once."""
+        session = req.session
+        gw = self.gw
+        if session is None or req.rechecked or not gw.lifecycle.remote(session):
+            return False
+        req.rechecked = True
+        self.held += 1
+        session.activity.held += 1  # KEDA sees the session active meanwhile
+        req.hold = asyncio.ensure_future(self._recheck(conn, req, session))
+        req.hold.add_done_callback(lambda _: self._release(session))
+        return True
+
+    async def _recheck(self, conn: ClientConnection, req: Request, session: Session) -> None:
+        if not await self.gw.lifecycle.recheck(session.id):
+            conn.respond(
+                req,
+                503,
+                f"session {session.id!r} does not answer at its address",
+                headers=((b"Retry-After", b"5"),),
+            )
+        elif req is conn.current and not conn.closing and session.endpoint is not None:
+            req.hold = None
+            conn.forward(req, session.endpoint)
+
     def _waiting_page(
         self, conn: ClientConnection, req: Request, session: Session, wake: asyncio.Future[Session]
     ) -> None:

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from siesta.core.model import Endpoint, Session, State
+from siesta.core.ignore import ActivityFilter
+from siesta.core.model import Activity, Endpoint, Session, State
 from siesta.core.routing import Route
 
+from .frames import FrameScanner
 from .http import (
     CRLF,
     HOP_BY_HOP,
@@ -89,6 +91,8 @@ class Request:
     response_done = False
     counted = False  # counted in the session's `inflight`
     hold: asyncio.Task[None] | None = None
+    rechecked = False  # held once already while a remote backend's readiness was re-checked
+    quiet = False  # served but not activity (the template's `activity.ignore`)
     early = b""  # bytes after an upgrade request's head
     head: bytes | None = None  # the head to send upstream, when already built
 
@@ -118,6 +122,11 @@ class ClientConnection(asyncio.Protocol):
         self.current: Request | None = None
         self.queue: deque[Request] = deque()
         self.session: Session | None = None  # the session this connection counts for
+        # What the bytes read count on: the session's activity, or None while unbound or
+        # when the session's template ignores some traffic (then each request decides).
+        self.counted: Activity | None = None
+        self.ignore: ActivityFilter | None = None  # the bound session's, if it has one
+        self.frames: FrameScanner | None = None  # a filtered tunnel's client-side frames
         self.tunnel: UpstreamConnection | None = None
         self.closing = False
         self._paused = 0
@@ -141,13 +150,15 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = self.gw.now() + self.gw.keepalive_timeout
 
     def data_received(self, data: bytes) -> None:
-        session = self.session
-        if session is not None:
-            activity = session.activity
+        activity = self.counted
+        if activity is not None:
             activity.last_activity = self.gw.now()
             activity.bytes += len(data)
         tunnel = self.tunnel
         if tunnel is not None:
+            frames = self.frames
+            if frames is not None and frames.feed(data):  # data frames, not pings
+                self._count(data)
             tunnel.send(data)
             return
         if self._paused & TUNNEL_WAIT:
@@ -272,6 +283,8 @@ class ClientConnection(asyncio.Protocol):
         req = self.parsing
         assert req is not None
         req.has_body = True
+        if self.ignore is not None and not req.quiet:
+            self._count(body)  # a filtered session's counted request: its body is activity
         up = req.upstream
         if up is not None:
             if req.chunked:
@@ -334,6 +347,9 @@ class ClientConnection(asyncio.Protocol):
         req.target = route.target
         req.session = session
         self._bind(session)
+        ignore = self.ignore
+        if ignore is not None:  # only templates that ignore some traffic pay for this
+            req.quiet = ignore.ignores(req.method, _app_path(route.target, session), _agent(req))
         if session.state is State.AWAKE and session.endpoint is not None:
             self.forward(req, session.endpoint)
         else:
@@ -343,10 +359,16 @@ class ClientConnection(asyncio.Protocol):
         """Send `req` to the backend at `endpoint` (the session is awake)."""
         session = req.session
         assert session is not None
-        activity = session.activity
+        activity: Activity | None = session.activity
+        assert activity is not None
         activity.inflight += 1
-        activity.requests += 1
         req.counted = True
+        if req.quiet:
+            activity = None  # served, not activity: the response is not counted either
+        else:
+            activity.requests += 1
+            if self.ignore is not None:  # a filtered session counts its requests here
+                self._count(req.head or b"")
         up = self.gw.pool.get(endpoint)
         if up is not None:
             if req.head is not None and not req.pending and not self._write_paused:
@@ -368,12 +390,15 @@ class ClientConnection(asyncio.Protocol):
                 lambda: UpstreamConnection(pool, endpoint), endpoint.host, endpoint.port
             )
         except OSError as exc:
-            self._finish_count(req)
-            detail = f"connecting to {endpoint} failed: {exc.strerror or exc}"
-            self.respond(req, 502, "the session's backend refused the connection", detail=detail)
-            return
-        finally:
             req.hold = None
+            self._finish_count(req)
+            if not self.gw.activator.recheck(self, req):  # a remote backend may be moving
+                detail = f"connecting to {endpoint} failed: {exc.strerror or exc}"
+                self.respond(
+                    req, 502, "the session's backend refused the connection", detail=detail
+                )
+            return
+        req.hold = None
         if self.closing or req is not self.current:
             up.close()
             return
@@ -381,7 +406,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _attach(self, req: Request, up: UpstreamConnection) -> None:
         req.upstream = up
-        up.bind(self, req.method == b"HEAD", req.session.activity if req.session else None)
+        session = req.session
+        counted = session.activity if session is not None and not req.quiet else None
+        up.bind(self, req.method == b"HEAD", counted)
         up.send(req.head or self._request_head(req))
         if req.pending:
             for data in req.pending:
@@ -662,6 +689,16 @@ class ClientConnection(asyncio.Protocol):
         if session is not None:
             session.activity.connections += 1
         self.session = session
+        ignore = self.ignore = self.gw.ignore.get(session.template) if session else None
+        self.counted = session.activity if session is not None and ignore is None else None
+
+    def _count(self, data: bytes) -> None:
+        """Count `data` as activity of the bound session (filtered sessions only)."""
+        session = self.session
+        if session is not None:
+            activity = session.activity
+            activity.last_activity = self.gw.now()
+            activity.bytes += len(data)
 
     def _upstream(self) -> UpstreamConnection | None:
         if self.tunnel is not None:
@@ -708,6 +745,13 @@ class ClientConnection(asyncio.Protocol):
         assert up is not None
         self.tunnel = up
         up.tunnel = True
+        ignore = self.ignore
+        if ignore is not None and req.session is not None:  # a filtered session's websocket
+            if ignore.websocket_control:
+                self.frames = FrameScanner()
+                up.watch_frames(FrameScanner(), req.session.activity)
+            else:
+                self.counted = up.activity = req.session.activity
         self._finish_count(req)  # answered; from now on it is an open connection
         req.response_done = True
         self.current = None
@@ -715,6 +759,19 @@ class ClientConnection(asyncio.Protocol):
             up.send(req.early)
             req.early = b""
         self._resume(TUNNEL_WAIT)
+
+
+def _app_path(target: bytes, session: Session) -> bytes:
+    """`target` without the session's /s/<id> prefix, when the prefix was kept."""
+    if target.startswith(b"/s/"):
+        prefix = b"/s/" + session.id.encode()
+        if target.startswith(prefix) and target[len(prefix) : len(prefix) + 1] in (b"/", b""):
+            return target[len(prefix) :] or b"/"
+    return target
+
+
+def _agent(req: Request) -> bytes | None:
+    return req.header(b"user-agent")
 
 
 def _take_forwarded(req: Request, lname: bytes, value: bytes) -> None:

@@ -11,9 +11,10 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from siesta.core.ignore import ActivityFilter
 from siesta.core.model import Session, State
 from siesta.core.routing import Router, RoutingMode
 from siesta.lifecycle import Lifecycle
@@ -62,8 +63,15 @@ class GatewaySettings(Protocol):
 class Gateway:
     """The HTTP/1.1 data plane in front of the session backends."""
 
-    def __init__(self, settings: GatewaySettings, lifecycle: Lifecycle):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        lifecycle: Lifecycle,
+        *,
+        ignore: Mapping[str, ActivityFilter] | None = None,
+    ):
         self.lifecycle = lifecycle
+        self.ignore = dict(ignore or {})  # template -> traffic that is not activity
         self.router = Router(
             settings.routing, domain=settings.domain, strip_prefix=settings.strip_prefix
         )

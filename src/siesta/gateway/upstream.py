@@ -15,6 +15,7 @@ import httptools
 
 from siesta.core.model import Activity, Endpoint
 
+from .frames import FrameScanner
 from .http import HeadFacts, extra_hop_headers
 
 MAX_IDLE_PER_ENDPOINT = 256
@@ -72,6 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.activity: Activity | None = None  # the session's counters, while bound
         self.no_body = False  # the response to HEAD has no body, whatever it says
         self.tunnel = False
+        self.frames: FrameScanner | None = None  # a filtered tunnel's backend-side frames
+        self._frames_activity: Activity | None = None
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._head = b""  # bytes of the head being received
@@ -94,6 +97,12 @@ class UpstreamConnection(asyncio.Protocol):
             activity.bytes += len(data)
         sink = self.sink
         if self.tunnel:
+            frames = self.frames
+            if frames is not None and frames.feed(data):  # data frames, not pongs
+                quiet = self._frames_activity
+                assert quiet is not None
+                quiet.last_activity = monotonic()
+                quiet.bytes += len(data)
             if sink is not None:
                 sink.tunnel_data(data)
             return
@@ -217,6 +226,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = True  # completed once the body bytes of this read went out
 
     # -- requests -------------------------------------------------------------
+
+    def watch_frames(self, frames: FrameScanner, activity: Activity) -> None:
+        """From now on (a tunnel), count only reads that carry websocket data frames."""
+        self.frames, self._frames_activity, self.activity = frames, activity, None
 
     def bind(self, sink: ResponseSink, no_body: bool, activity: Activity | None) -> None:
         """Carry the next request for `sink`, counting traffic on `activity`."""

@@ -42,6 +42,7 @@ class RunningBackend:
     endpoint: Endpoint
     pid: int | None = None
     pid_started: float | None = None
+    template: str = ""  # the session's template, when known (adoption routes by it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,10 +46,16 @@ class ByTemplate:
         return await provider.status(session)
 
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
-        """Each provider keeps what it recognises (local: pid and start time; keda: none)."""
+        """Each provider is offered the candidates of its own templates (all of them when
+        a candidate's template is not known) and keeps what it recognises."""
         adopted: dict[str, RunningBackend] = {}
-        for provider in self._providers.values():
-            for backend in await provider.adopt(candidates):
+        for kind, provider in self._providers.items():
+            offered = [
+                c
+                for c in candidates
+                if not c.template or self._provider_of.get(c.template, kind) == kind
+            ]
+            for backend in await provider.adopt(offered):
                 adopted.setdefault(backend.session, backend)
                 self._by_session.setdefault(backend.session, provider)
         return list(adopted.values())

@@ -1,8 +1,12 @@
 """Backends as local processes: the embedded default provider.
 
-Each backend runs in its own process group (so a stop reaches its children too),
-with its output appended to `<log_dir>/<session>.log`. Exits are noticed at once
-through a pidfd in the event loop, for children and re-adopted processes alike.
+Each backend runs in its own session and process group, with its output appended
+to `<log_dir>/<session>.log`. Exits are noticed at once through a pidfd in the
+event loop, for children and re-adopted processes alike. Every process the backend
+starts, even one that leaves its session or process group, is followed by a
+`proctree.Tracker` (a cgroup per session where the machine allows, else the process
+tree): a stop sends SIGTERM to all of them, then SIGKILL after the grace, and
+returns once none is left; usage covers all of them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,9 +29,12 @@ import psutil
 from siesta.core.model import Endpoint
 
 from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
+from .proctree import Tracker, make_tracker
 
 # psutil's start times come from /proc in clock ticks: equal within this for one process.
 SAME_START = 0.05
+KILL_WAIT = 10.0  # seconds SIGKILLed processes get to be gone (they cannot refuse)
+GONE_POLL = (0.005, 0.1)  # seconds between looks for the last processes: first, largest
 
 
 class ProcessTemplate(Protocol):
@@ -48,12 +56,15 @@ class _Process:
     pidfd: int
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
-    # psutil handles kept between status() calls: cpu_percent measures since the last call.
-    meters: dict[int, psutil.Process] = field(default_factory=dict)
 
 
 class LocalProvider:
-    """`Provider` running each backend as a process group on this machine."""
+    """`Provider` running each backend as processes on this machine.
+
+    `instance` names the cgroups (`siesta-<instance>/<session>`: `Config.instance_id`,
+    by default this process's pid, so two siestas never share one); `cgroups=False`
+    follows the process tree even where cgroups could be used.
+    """
 
     def __init__(
         self,
@@ -63,6 +74,7 @@ class LocalProvider:
         base_url: Callable[[str], str] = lambda session: f"/s/{session}/",
         host: str = "127.0.0.1",
         instance: str | None = None,
+        cgroups: bool = True,
     ):
         self._templates = templates
         self._instance = instance
@@ -72,6 +84,8 @@ class LocalProvider:
         self._host = host
         self._procs: dict[str, _Process] = {}
         self._on_exit: ExitHandler = lambda session, reason: None
+        self.tracker: Tracker = make_tracker(instance or f"pid{os.getpid()}", cgroups=cgroups)
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def set_exit_handler(self, handler: ExitHandler) -> None:
         self._on_exit = handler
@@ -99,6 +113,7 @@ class LocalProvider:
         self, session: str, argv: list[str], env: dict[str, str], cwd: Path | None
     ) -> subprocess.Popen[bytes]:
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        _check_runnable(argv[0], env, cwd)
         with open(self._log_dir / f"{session}.log", "ab", buffering=0) as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             with contextlib.suppress(OSError):  # a full disk loses the line, not the start
@@ -106,7 +121,7 @@ class LocalProvider:
                 log.flush()
             try:
                 return subprocess.Popen(
-                    argv,
+                    self.tracker.wrap(session, argv),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -132,52 +147,86 @@ class LocalProvider:
             del self._procs[session]
         reason = _exit_reason(proc)
         proc.exited.set()
-        _kill_group(proc.pid, signal.SIGKILL)  # leave no stragglers of the group behind
-        if not proc.stopping:
+        if not proc.stopping:  # a stop deals with the rest itself, with its grace
+            self._clean_up(session)
             self._on_exit(session, reason)
 
+    def _clean_up(self, session: str) -> None:
+        """The backend died: kill whatever of it is left, in a task."""
+        task = asyncio.ensure_future(self._kill_rest(session))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _kill_rest(self, session: str) -> None:
+        if self.tracker.kill(session, None, signal.SIGKILL):
+            await self._gone(session, None, KILL_WAIT)
+        if session not in self._procs:  # not started again meanwhile
+            self.tracker.forget(session)
+
     async def stop(self, session: str, grace: float) -> None:
+        """SIGTERM to every process of the backend, SIGKILL to those left after `grace`;
+        returns once none is left (or SIGKILL had KILL_WAIT to work)."""
         proc = self._procs.get(session)
         if proc is None:
+            await self._kill_rest(session)  # stragglers of a backend that died: none left
             return
         proc.stopping = True
-        _kill_group(proc.pid, signal.SIGTERM)
-        if await _wait(proc.exited, grace):
-            return
-        _kill_group(proc.pid, signal.SIGKILL)
-        await _wait(proc.exited, 10.0)
+        self.tracker.kill(session, proc.pid, signal.SIGTERM)
+        if not await self._gone(session, proc, grace):
+            self.tracker.kill(session, proc.pid, signal.SIGKILL)
+            await self._gone(session, proc, KILL_WAIT)
+        self.tracker.forget(session)
+
+    async def _gone(self, session: str, proc: _Process | None, timeout: float) -> bool:
+        """Whether the leader (`proc`) and every other process of the session end within
+        `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if proc is not None and not await _wait(proc.exited, timeout):
+            return False
+        delay, largest = GONE_POLL
+        while self.tracker.pids(session, None):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(delay, left))
+            delay = min(largest, delay * 2)
+        return True
 
     def alive(self, session: str) -> bool:
         proc = self._procs.get(session)
         return proc is not None and not proc.exited.is_set()
 
     async def status(self, session: str) -> BackendStatus:
-        proc = self._procs.get(session)
-        if proc is None:
-            return BackendStatus(running=False)
-        try:
-            group = _group(proc)
-            cpu = sum(p.cpu_percent(None) for p in group)
-            memory = sum(p.memory_info().rss for p in group)
-        except psutil.Error:
+        """Running, and memory now; cpu_percent is the resource sampler's (over a window)."""
+        usage = await self.usage(session)
+        if usage is None:
             return BackendStatus(running=self.alive(session))
-        return BackendStatus(running=True, cpu_percent=cpu, memory_bytes=memory)
+        return BackendStatus(running=True, memory_bytes=usage.memory_bytes)
 
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
         """Candidates whose pid runs with the same start time; with an `instance`, those
         whose record was stale or never written are looked for among this deployment's
         processes (`find_backends`). The first call (at start-up) also returns the
-        backends of sessions that are not among the candidates (the caller decides)."""
+        backends of sessions that are not among the candidates (the caller decides), and
+        kills what is left of any other backend a previous siesta started (a cgroup that
+        outlived its leader)."""
         adopted = [c for c in candidates if self._adopt_one(c)]
         missing = {c.session for c in candidates} - {b.session for b in adopted}
         first, self._scanned = not self._scanned, True
-        if self._instance is None or not (missing or first):
-            return adopted
-        found = await asyncio.to_thread(find_backends, self._instance, self._host)
-        for backend in found:
-            wanted = backend.session in missing or (first and backend.session not in self._procs)
-            if wanted and self._adopt_one(backend):
-                adopted.append(backend)
+        if self._instance is not None and (missing or first):
+            found = await asyncio.to_thread(find_backends, self._instance, self._host)
+            for backend in found:
+                wanted = backend.session in missing or (
+                    first and backend.session not in self._procs
+                )
+                if wanted and self._adopt_one(backend):
+                    adopted.append(backend)
+        if first:
+            kept = {b.session for b in adopted}
+            for session in self.tracker.known():
+                if session not in kept and session not in self._procs:
+                    await self._kill_rest(session)
         return adopted
 
     def measures(self, template: str) -> bool:
@@ -187,16 +236,7 @@ class LocalProvider:
         proc = self._procs.get(session)
         if proc is None:
             return None
-        try:
-            group = _group(proc)
-            cpu = 0.0
-            for p in group:
-                times = p.cpu_times()
-                cpu += times.user + times.system + times.children_user + times.children_system
-            memory = sum(p.memory_info().rss for p in group)
-        except psutil.Error:
-            return None
-        return Usage(cpu_seconds=cpu, memory_bytes=memory)
+        return self.tracker.usage(session, proc.pid)
 
     async def logs(self, session: str, lines: int = 100) -> str:
         return tail(self._log_dir / f"{session}.log", lines)
@@ -224,6 +264,20 @@ class LocalProvider:
             loop.remove_reader(proc.pidfd)
             os.close(proc.pidfd)
         self._procs.clear()
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
+        self.tracker.close()
+
+
+def _check_runnable(program: str, env: Mapping[str, str], cwd: Path | None) -> None:
+    """`StartError` unless `program` can be run (the tracker may start it through a shell,
+    which would only fail later)."""
+    if "/" in program:
+        path = Path(program) if cwd is None else cwd / program
+        found = str(path) if os.access(path, os.X_OK) and path.is_file() else None
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise StartError(f"cannot run {program!r}: No such file or directory")
 
 
 INSTANCE_ENV = "SIESTA_INSTANCE"
@@ -263,19 +317,6 @@ def find_backends(instance: str, host: str) -> list[RunningBackend]:
             continue
         found.append(RunningBackend(session.decode(), endpoint, pid, started))
     return found
-
-
-def _group(proc: _Process) -> list[psutil.Process]:
-    """The backend's process and its descendants, as psutil handles reused across calls
-    (a fresh handle's first cpu_percent is always 0)."""
-    meters = proc.meters
-    leader = meters.get(proc.pid) or meters.setdefault(proc.pid, psutil.Process(proc.pid))
-    current = {proc.pid: leader}
-    for child in leader.children(recursive=True):
-        current[child.pid] = meters.get(child.pid, child)
-    meters.clear()
-    meters.update(current)
-    return list(current.values())
 
 
 def tail(path: Path, lines: int) -> str:
@@ -320,11 +361,6 @@ def _exit_reason(proc: _Process) -> str:
     if code < 0:
         return f"backend killed by {signal.Signals(-code).name}"
     return f"backend exited with code {code}"
-
-
-def _kill_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
