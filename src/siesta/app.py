@@ -12,11 +12,13 @@ import contextlib
 import fcntl
 import gc
 import logging
+import os
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from siesta.api import AdminServer
 from siesta.config import Config
@@ -38,8 +40,14 @@ log = logging.getLogger("siesta")
 ACTIVITY_FLUSH_EVERY = 2.0  # seconds between writes of last-activity times to the store
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 
+T = TypeVar("T")
 
-class AlreadyRunning(Exception):
+
+class StartupError(Exception):
+    """siesta cannot start; the message names the file, folder or address at fault."""
+
+
+class AlreadyRunning(StartupError):
     """Another siesta process holds this state folder."""
 
 
@@ -49,7 +57,7 @@ class Siesta:
     def __init__(self, config: Config, *, admin: bool = True):
         self.config = config
         self._lock = _lock_state_dir(config.state_dir)
-        self.store = SqliteStore(config.store)
+        self.store = _open_store(config.store)
         self.docker: DockerProvider | None = None
         self.provider = self._provider()
         self.lifecycle = Lifecycle(
@@ -76,7 +84,7 @@ class Siesta:
                 logs=self.provider.logs,
                 ledger=self.ledger,
             )
-            if admin
+            if admin and config.gateway.admin_listen is not None
             else None
         )
         self.admin_address: tuple[str, int] | None = None
@@ -125,14 +133,17 @@ class Siesta:
             _guarded(self.controller.run(), "controller"),
             _guarded(self._flush_activity(), "activity flush"),
         ]
-        keda = self.config.keda
+        keda, gateway = self.config.keda, self.config.gateway
         if self.scaler is not None and keda is not None:  # before the gateway, like admin
             tls = (keda.tls.cert, keda.tls.key) if keda.tls is not None else None
-            self.scaler_address = await self.scaler.start(*keda.address, tls=tls)
+            scaler = self.scaler.start(*keda.address, tls=tls)
+            self.scaler_address = await _bound("keda.listen", keda.listen, scaler)
         if self.admin is not None:  # before the gateway: listening means both are
-            self.admin_address = await self.admin.start()
-        gateway = self.config.gateway
-        self.address = await self.gateway.listen(gateway.host, gateway.port)
+            admin = self.admin.start()
+            address = str(gateway.admin_listen)
+            self.admin_address = await _bound("gateway.admin_listen", address, admin)
+        listen = self.gateway.listen(gateway.host, gateway.port)
+        self.address = await _bound("gateway.listen", gateway.listen, listen)
         _tune_gc()
         return self.address
 
@@ -204,9 +215,40 @@ def _guarded(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
     return asyncio.create_task(run(), name=name)
 
 
+async def _bound(key: str, address: str, listening: Awaitable[T]) -> T:
+    """`listening`'s result; an OS error (a port taken, an address not here) becomes a
+    `StartupError` naming the setting and its address."""
+    try:
+        return await listening
+    except OSError as exc:
+        raise StartupError(f"{key} {address}: {_os_problem(exc)}") from exc
+
+
+def _os_problem(exc: OSError) -> str:
+    """An OS error in a few words: asyncio's bind errors repeat the address, errno does not."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _open_store(path: Path) -> SqliteStore:
+    """The store at `path`; a file that is not a database, or cannot be written, is a
+    `StartupError` naming it."""
+    try:
+        return SqliteStore(path)
+    except sqlite3.DatabaseError as exc:
+        problem = (
+            "not a SQLite database (or a damaged one)" if "not a database" in str(exc) else exc
+        )
+        raise StartupError(f"store {path}: {problem}") from exc
+    except OSError as exc:
+        raise StartupError(f"store {path}: {_os_problem(exc)}") from exc
+
+
 def _lock_state_dir(state_dir: Path) -> IO[str]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / "siesta.lock", "w")  # noqa: SIM115 - held for the process's life
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(state_dir / "siesta.lock", "w")  # noqa: SIM115 - held for the process's life
+    except OSError as exc:
+        raise StartupError(f"state folder {state_dir}: {_os_problem(exc)}") from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
-import logging.handlers
-import queue
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -16,11 +16,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich import box
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from siesta import replay
+from siesta import logconfig, replay
 from siesta.adminclient import AdminClient, AdminError, NotRunning, read_token
 from siesta.config import Config, ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration, parse_duration
@@ -49,6 +48,7 @@ app.add_typer(policy_app, name="policy")
 
 console = Console()
 err = Console(stderr=True)
+log = logging.getLogger("siesta")
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The config file.", show_default=True)
@@ -64,31 +64,34 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool) -> logging.handlers.QueueListener:
-    """Log through a queue: records are formatted and written by a thread, so a wake's
-    log lines cost the event loop a queue put, not a terminal write."""
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
-    handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
-    queued = logging.handlers.QueueHandler(records)
-    queued.setFormatter(logging.Formatter("%(message)s"))  # the default would prefix the level
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[queued])
-    listener = logging.handlers.QueueListener(records, handler)
-    listener.start()
-    return listener
+class LogFormat(enum.StrEnum):
+    """How `siesta up` writes its log (see `siesta.logconfig`)."""
+
+    text = "text"
+    json = "json"
 
 
 @app.command()
 def up(
     config: ConfigOption = Path("siesta.yaml"),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging, with tracebacks.")
+    ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar=logconfig.FORMAT_ENV,
+            help="text (plain lines with ISO times outside a terminal) or json (one "
+            "object a line).",
+        ),
+    ] = LogFormat.text,
 ) -> None:
     """Run the gateway and the controller until Ctrl-C or SIGTERM."""
-    from siesta.api import AdminListenError
-    from siesta.app import AlreadyRunning, install_uvloop, serve
+    from siesta.app import StartupError, install_uvloop, serve
 
     conf = _load(config)
-    listener = _logging(verbose)
+    listener = logconfig.start(log_format.value, sys.stderr, verbose)
     install_uvloop()
 
     def announce(_app: object) -> None:
@@ -96,19 +99,21 @@ def up(
         from siesta._native import COMPILED
 
         hot_path = "compiled with mypyc" if COMPILED else "pure Python"
-        err.print(f"siesta listening on http://{gw.listen} ({gw.routing} routing, {hot_path})")
+        log.info(
+            "siesta listening on http://%s (%s routing, %s)",
+            gw.listen,
+            gw.routing,
+            hot_path,
+            extra=logconfig.fields(address=gw.listen),
+        )
 
     try:
         asyncio.run(serve(conf, ready=announce))
-    except AlreadyRunning as exc:
-        err.print(f"[red]error[/red] {exc}", soft_wrap=True)
+    except StartupError as exc:
+        log.error("%s: %s", conf.path, exc, extra=logconfig.fields(path=str(conf.path)))
         raise typer.Exit(1) from None
-    except AdminListenError as exc:
-        err.print(f"[red]error[/red] {conf.path}: {exc.strerror}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        where = f"{conf.path}: gateway.listen {conf.gateway.listen}"
-        err.print(f"[red]error[/red] {where}: {exc.strerror or exc}", soft_wrap=True)
+    except Exception as exc:
+        log.error("siesta stopped: %s", exc, exc_info=exc)  # the traceback with --verbose
         raise typer.Exit(1) from None
     finally:
         listener.stop()
@@ -139,9 +144,8 @@ def status(config: ConfigOption = Path("siesta.yaml")) -> None:
     stored, and says so.
     """
     conf = _load(config)
-    host, port = conf.gateway.admin_address
     try:
-        sessions = AdminClient(host, port, read_token(conf.state_dir), timeout=5.0).sessions()
+        sessions = _admin_of(conf, timeout=5.0).sessions()
     except NotRunning as exc:
         _status_from_store(conf, str(exc))
         return
@@ -210,12 +214,18 @@ SessionArg = Annotated[str, typer.Argument(help="The session id.", show_default=
 def _client(config: Path) -> tuple[AdminClient, Config]:
     """A client of the admin API of the siesta that runs with `config`."""
     conf = _load(config)
-    host, port = conf.gateway.admin_address
     try:
-        token = read_token(conf.state_dir)
+        return _admin_of(conf), conf
     except AdminError as exc:
         _fail(exc)
-    return AdminClient(host, port, token), conf
+
+
+def _admin_of(conf: Config, timeout: float = 10.0) -> AdminClient:
+    """A client of the admin API `conf` describes; `NotRunning` when it is off."""
+    address = conf.gateway.admin_address
+    if address is None:
+        raise NotRunning(f"{conf.path}: the admin API is off (gateway.admin_listen: off)")
+    return AdminClient(*address, read_token(conf.state_dir), timeout=timeout)
 
 
 def _fail(exc: AdminError) -> NoReturn:

@@ -107,6 +107,11 @@ def _duration(default: str, description: str) -> Any:
     )
 
 
+def _off(value: object) -> object:
+    """`off` (which YAML also reads as false) means no listener."""
+    return None if value is False or value == "off" else value
+
+
 def parse_listen(address: str) -> tuple[str, int]:
     """Split "host:port" (IPv6 as "[::1]:8080") into host and port; `ValueError` if bad."""
     host, _, port = address.rpartition(":")
@@ -219,11 +224,17 @@ class GatewayConf(_Model):
         "gets 431. 64 KiB: above the 8 to 16 KiB most servers allow, so large cookies "
         "pass, while memory per connection stays bounded.",
     )
-    admin_listen: str = Field(
+    admin_listen: Annotated[
+        str | None,
+        BeforeValidator(_off),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"const": "off"}, {"const": False}]}),
+    ] = Field(
         default="127.0.0.1:8081",
-        description="Address of the admin API and /metrics, as host:port. Loopback by "
-        "default: the API can wake, sleep and delete sessions, so it is kept off the "
-        "network unless asked for (it also requires a token).",
+        description="Address of the admin API and /metrics, as host:port, or off for none "
+        "(then the CLI's status, sessions, wake, sleep, events and policy explain cannot "
+        "reach this siesta). Loopback by default: the API can wake, sleep and delete "
+        "sessions, so it is kept off the network unless asked for (it also requires a "
+        "token).",
     )
     drain_timeout: Duration = _duration(
         "10s",
@@ -253,8 +264,9 @@ class GatewayConf(_Model):
 
     @field_validator("listen", "admin_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
         return value
 
     @property
@@ -268,9 +280,9 @@ class GatewayConf(_Model):
         return parse_listen(self.listen)[1]
 
     @property
-    def admin_address(self) -> tuple[str, int]:
-        """`admin_listen` as (host, port)."""
-        return parse_listen(self.admin_listen)
+    def admin_address(self) -> tuple[str, int] | None:
+        """`admin_listen` as (host, port); None when it is off."""
+        return None if self.admin_listen is None else parse_listen(self.admin_listen)
 
 
 class ReadyConf(_Model):

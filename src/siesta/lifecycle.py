@@ -16,6 +16,7 @@ from typing import Protocol
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.lifecycle import after_failed_start, backoff_delay, check_transition
 from siesta.core.model import Session, State, Transition
+from siesta.logconfig import fields
 from siesta.providers.base import Provider, RunningBackend, StartError
 from siesta.readiness import NotReady, http_ready, tcp_ready, wait_ready
 from siesta.store.base import SessionRecord, Store
@@ -357,7 +358,22 @@ class Lifecycle:
     ) -> None:
         event = Transition(session.id, self._clock.time(), old, session.state, reason, wake_seconds)
         self._save(session, event)
-        log.info("%s: %s -> %s (%s)", session.id, old, session.state, reason)
+        took = "" if wake_seconds is None else f" in {wake_seconds:.2f}s"
+        log.info(
+            "%s: %s -> %s%s (%s)",
+            session.id,
+            old,
+            session.state,
+            took,
+            reason,
+            extra=fields(
+                session=session.id,
+                state=session.state.value,
+                old_state=old.value,
+                reason=reason,
+                duration=wake_seconds,
+            ),
+        )
         for observer in self.observers:
             try:
                 observer(event)
