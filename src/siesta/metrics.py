@@ -29,7 +29,8 @@ from siesta.core.model import Session, State, Transition
 from siesta.ledger import RUNNING
 from siesta.lifecycle import Lifecycle
 
-disable_created_metrics()  # no *_created twin of every counter: start times are process_*
+# No *_created twin of every counter: siesta's start time is process_start_time_seconds.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 SLEEP_REASONS = ("idle", "policy", "backend_exit", "shutdown", "admin")
 """The `reason` label of `siesta_sleeps_total`: a short class, never the free text."""
