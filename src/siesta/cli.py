@@ -19,20 +19,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from siesta import logconfig, replay
+from siesta import __version__, logconfig, replay
 from siesta.adminclient import AdminClient, AdminError, NotRunning, read_token
 from siesta.config import Config, ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration, parse_duration
-from siesta.core.model import State
+from siesta.core.model import State, Transition
 from siesta.core.policy import CLOCK_SIGNALS
+from siesta.store.base import SessionRecord
 from siesta.store.sqlite import SqliteStore
-from siesta.styles import STATE_STYLE
+from siesta.styles import STATE_STYLE, styled, transition, when
 
 app = typer.Typer(
     name="siesta",
     help="Session-aware scale-to-zero: backends sleep when idle and wake on the next request.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="markdown",  # paragraphs re-flow to the terminal's width
 )
 config_app = typer.Typer(help="Validate the config file or print its schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -53,6 +54,30 @@ log = logging.getLogger("siesta")
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The config file.", show_default=True)
 ]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON (times in ISO 8601 with their offset).")
+]
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        from siesta._native import COMPILED
+
+        hot_path = "compiled hot path" if COMPILED else "pure Python"
+        console.print(f"siesta {__version__} ({hot_path})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Session-aware scale-to-zero: backends sleep when idle and wake on the next request."""
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
@@ -137,7 +162,7 @@ def demo(
 
 
 @app.command()
-def status(config: ConfigOption = Path("siesta.yaml")) -> None:
+def status(config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = False) -> None:
     """Sessions with their state, idle and awake time and next policy check.
 
     Asks the running siesta (admin API); when it is not running, shows what it last
@@ -147,14 +172,17 @@ def status(config: ConfigOption = Path("siesta.yaml")) -> None:
     try:
         sessions = _admin_of(conf, timeout=5.0).sessions()
     except NotRunning as exc:
-        _status_from_store(conf, str(exc))
+        _status_from_store(conf, str(exc), as_json)
         return
     except AdminError as exc:
         _fail(exc)
-    console.print(_sessions_table(sessions, labels=False))
+    if as_json:
+        _print_json({"running": True, "sessions": sessions})
+    else:
+        console.print(_sessions_table(sessions, labels=False))
 
 
-def _status_from_store(conf: Config, why: str) -> None:
+def _status_from_store(conf: Config, why: str, as_json: bool) -> None:
     """The table from the state siesta last stored (it is not running)."""
     if not conf.store.exists():
         err.print(f"no state yet at {conf.store}: siesta has not run with this config")
@@ -166,6 +194,15 @@ def _status_from_store(conf: Config, why: str) -> None:
     finally:
         store.close()
     now = time.time()
+    if as_json:
+        _print_json(
+            {
+                "running": False,
+                "why": why,
+                "sessions": [_record_json(r, last.get(r.id)) for r in records],
+            }
+        )
+        return
     table = Table(
         "session", "template", "state", "idle for", "awake for", "next policy check", "last event"
     )
@@ -190,9 +227,30 @@ def _status_from_store(conf: Config, why: str) -> None:
     )
 
 
+def _record_json(record: SessionRecord, event: Transition | None) -> dict[str, Any]:
+    """A stored session as `status --json` shows it when siesta is not running."""
+    return {
+        "id": record.id,
+        "template": record.template,
+        "labels": record.labels,
+        "state": record.state.value,
+        "pid": record.pid,
+        "last_seen": None if not record.last_seen else when(record.last_seen),
+        "updated": None if not record.updated else when(record.updated),
+        "last_event": None if event is None else event.reason,
+    }
+
+
 @config_app.command("check")
-def config_check(path: Annotated[Path, typer.Argument(help="The config file.")]) -> None:
+def config_check(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="The config file (or give it with -c).", show_default=False),
+    ] = None,
+    config: ConfigOption = Path("siesta.yaml"),
+) -> None:
     """Validate a config file; print each problem with its line and key."""
+    path = path or config
     conf = _load(path)
     console.print(
         f"[green]ok[/green] {path}: {len(conf.templates)} template(s), "
@@ -237,20 +295,21 @@ def _fail(exc: AdminError) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _state(state: str) -> str:
-    style = STATE_STYLE.get(State(state), "") if state in State.__members__ else ""
-    return f"[{style}]{state}[/]" if style else state
+_state = styled
 
 
 @sessions_app.command("list")
-def sessions_list(config: ConfigOption = Path("siesta.yaml")) -> None:
+def sessions_list(config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = False) -> None:
     """Sessions of the running siesta, with their state and activity."""
     client, _ = _client(config)
     try:
         sessions = client.sessions()
     except AdminError as exc:
         _fail(exc)
-    console.print(_sessions_table(sessions, labels=True))
+    if as_json:
+        _print_json(sessions)
+    else:
+        console.print(_sessions_table(sessions, labels=True))
 
 
 def _sessions_table(sessions: list[dict[str, Any]], *, labels: bool) -> Table:
@@ -373,20 +432,21 @@ def events(
         bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")
     ] = False,
     config: ConfigOption = Path("siesta.yaml"),
+    as_json: JsonOption = False,
 ) -> None:
     """Sleeps, wakes and every other transition, oldest first."""
     client, _ = _client(config)
     try:
         past = client.events(session)
         for event in past:
-            _print_event(event)
+            _print_event(event, as_json)
         if not follow:
             return
         # Everything after the last event listed (or all, when none was): an event that
         # happens while the stream connects is replayed, never lost.
         since = past[-1]["at"] if past else 0.0
         for event in client.stream(session, since=since):
-            _print_event(event)
+            _print_event(event, as_json)
     except AdminError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -395,7 +455,9 @@ def events(
 
 
 @policy_app.command("explain")
-def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml")) -> None:
+def policy_explain(
+    session: SessionArg, config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = False
+) -> None:
     """Each rule of a session's policy with the signal values it reads, whether it holds,
     and when the session would sleep if nothing but time changed."""
     client, _ = _client(config)
@@ -403,7 +465,10 @@ def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml
         answer = client.explain(session)
     except AdminError as exc:
         _fail(exc)
-    _print_explanation(answer)
+    if as_json:
+        _print_json(answer)
+    else:
+        _print_explanation(answer)
 
 
 def _print_explanation(answer: dict[str, Any]) -> None:
@@ -439,8 +504,8 @@ def _print_decision(decision: dict[str, Any]) -> None:
     reason = escape(decision["reason"])
     console.print(f"decision: {verdict} ({reason})", highlight=False, soft_wrap=True)
     if decision["sleep_in"] is not None and not decision["sleep"]:
-        when = datetime.fromtimestamp(decision["sleep_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        fires = f"would sleep in {format_duration(decision['sleep_in'])} (at {when})"
+        at = when(decision["sleep_at"])
+        fires = f"would sleep in {format_duration(decision['sleep_in'])} (at {at})"
         console.print(f"next: {fires} if nothing but time changes", highlight=False)
     elif not decision["sleep"]:
         console.print(
@@ -504,12 +569,11 @@ def policy_replay(
 
 
 def _print_replay(report: replay.Report, timeline: bool) -> None:
-    start = datetime.fromtimestamp(report.start, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    end = datetime.fromtimestamp(report.end, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    start = datetime.fromtimestamp(report.start, UTC).isoformat(timespec="seconds")
+    end = datetime.fromtimestamp(report.end, UTC).isoformat(timespec="seconds")
     span = format_duration(report.end - report.start)
     console.print(
-        f"replayed {start} to {end} UTC ({span}), wakes taking "
-        f"{format_duration(report.wake_seconds)}",
+        f"replayed {start} to {end} ({span}), wakes taking {format_duration(report.wake_seconds)}",
         highlight=False,
     )
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -635,15 +699,23 @@ def advise(
         console.print(advising.render(found))
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    when = datetime.fromtimestamp(event["at"]).strftime("%Y-%m-%d %H:%M:%S")
+def _print_event(event: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:  # one object a line, --follow included
+        _print_json({**event, "time": when(event["at"])})
+        return
     took = f" (woke in {event['wake_seconds']:.2f}s)" if event.get("wake_seconds") else ""
     console.print(
-        f"{when} {event['session']} {_state(event['old'])} -> {_state(event['new'])}"
-        f"  {event['reason']}{took}",
+        f"{when(event['at'])} {event['session']} {transition(event['old'], event['new'])}"
+        f"  {escape(event['reason'])}{took}",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _print_json(value: Any) -> None:
+    """`value` as JSON on stdout, one line, for scripts (no colours, no wrapping)."""
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from siesta.app import AlreadyRunning, Siesta, install_uvloop, serve
+from siesta.app import AlreadyRunning, Siesta, StartupError, install_uvloop, serve
 from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, TemplateConf
 from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import Session, State, Transition
 from siesta.httpclient import async_client
 from siesta.store.sqlite import SqliteStore
-from siesta.styles import STATE_STYLE
+from siesta.styles import styled, transition, when
 
 HOST = "127.0.0.1"
 TEMPLATE = "demo"
@@ -88,8 +88,11 @@ def run_demo(console: Console, *, port: int, idle: str, state_dir: Path, traffic
         asyncio.run(serve(demo.config, ready=demo.ready, admin=False))
     except AlreadyRunning as exc:
         return _fail(f"{exc}: stop it first, or pick another folder with --state-dir")
-    except OSError as exc:
-        return _fail(_listen_error(port, exc))
+    except StartupError as exc:
+        cause = exc.__cause__
+        if str(exc).startswith("gateway.listen") and isinstance(cause, OSError):
+            return _fail(_listen_error(port, cause))
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
     return demo.finish()
@@ -361,7 +364,7 @@ def _session_cells(session: Session, now: float) -> list[str]:
     awake_for = format_duration(now - session.awake_since) if session.awake_since else ""
     return [
         session.id,
-        f"[{STATE_STYLE[session.state]}]{session.state.lower()}[/]",
+        styled(session.state.value),
         idle_for,
         awake_for,
         str(activity.connections),
@@ -378,9 +381,9 @@ def events_table(events: Sequence[Transition]) -> Table:
         table.add_row("[dim]no transitions yet: open a URL above to wake a session[/dim]")
     for event in events:
         table.add_row(
-            f"[dim]{time.strftime('%H:%M:%S', time.localtime(event.at))}[/dim]",
+            f"[dim]{when(event.at)}[/dim]",
             event.session,
-            f"{event.old.lower()} → [{STATE_STYLE[event.new]}]{event.new.lower()}[/]",
+            transition(event.old.value, event.new.value),
             f"[dim]{_why(event)}[/dim]",
         )
     return table
