@@ -2,18 +2,26 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP   := $(VENV)/.installed
+PORT    ?= 8080
 
 .PHONY: demo test lint bench compiled pure clean
 
-$(STAMP): pyproject.toml
+# What siesta needs to run (make demo): the package and its runtime dependencies only.
+$(RUNTIME): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(RUNTIME)
+
+# What the checks and tests need besides: the dev extra.
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/siesta demo
+demo: $(RUNTIME)
+	$(BIN)/siesta demo --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts

@@ -154,11 +154,22 @@ def demo(
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
         ".siesta/demo"
     ),
+    admin_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Admin API port (0: off). Default: the gateway's port + 1, or a free one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Three sessions of a bundled demo app, a short idle timeout and a live table."""
+    """Sessions of a bundled demo app (one slow to start), a short idle timeout, a live
+    table, and the admin API for the other commands."""
     from siesta.demo.run import run_demo
 
-    raise typer.Exit(run_demo(console, port=port, idle=idle, state_dir=state_dir, traffic=traffic))
+    code = run_demo(
+        console, port=port, idle=idle, state_dir=state_dir, traffic=traffic, admin_port=admin_port
+    )
+    raise typer.Exit(code)
 
 
 @app.command()
