@@ -30,13 +30,18 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
-	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver
+	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
+		redis-server:redis-server dockerd:docker.io busybox:busybox-static ip:iproute2 \
+		openssl:openssl
 	$(BIN)/pytest -q
 
 bench: compiled
 	bash bench/setup.sh
+	bash scripts/system-packages.sh dockerd:docker.io busybox:busybox-static
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/controller.py
+	$(BIN)/python bench/savings.py
+	$(BIN)/python bench/docker.py
 	$(BIN)/python bench/readiness.py
 
 # The hot path compiled with mypyc into build/mypyc/; used while its sources are unchanged

@@ -562,15 +562,15 @@ def wait_asleep(siesta: Siesta) -> None:
     wait_until(asleep, ASLEEP_TIMEOUT, 0.005, f"session {SESSION!r} ASLEEP")
 
 
-def cold_ttfb(port: int) -> float:
-    """Seconds from connecting to siesta to the first byte of a cold `GET /s/bench/`;
-    checks the answer is a 200 that says it woke the session."""
+def first_byte(port: int, path: str, timeout: float = REQUEST_TIMEOUT) -> tuple[float, str]:
+    """Seconds from connecting to 127.0.0.1:`port` to the first byte of the answer to
+    `GET path`, and the answer's head."""
     request = (
-        f"GET /s/{SESSION}/ HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: siesta-bench\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: siesta-bench\r\n"
         "Connection: close\r\n\r\n"
     ).encode()
     began = time.perf_counter()
-    with socket.create_connection((HOST, port), timeout=REQUEST_TIMEOUT) as sock:
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
         sock.sendall(request)
         answer = sock.recv(65536)
         ttfb = time.perf_counter() - began
@@ -579,7 +579,13 @@ def cold_ttfb(port: int) -> float:
             if not more:
                 break
             answer += more
-    head = answer.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+    return ttfb, answer.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+
+
+def cold_ttfb(port: int) -> float:
+    """Seconds from connecting to siesta to the first byte of a cold `GET /s/bench/`;
+    checks the answer is a 200 that says it woke the session."""
+    ttfb, head = first_byte(port, f"/s/{SESSION}/")
     lines = head.split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
     if not lines[0].startswith("HTTP/1.1 200") or headers.get("x-siesta-wake") != "cold":

@@ -17,22 +17,25 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+REAPER = str(Path(__file__).with_name("reaper.py"))
 TEST_IMAGE = "siesta-test-busybox:1"
 
 SERVE = """#!/bin/sh
@@ -45,21 +48,16 @@ httpd -f -p "${PORT:-8080}" -h /data &
 wait
 """
 
-DOCKERFILE = """FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-COPY serve /bin/serve
-CMD ["/bin/serve"]
-"""
-
 
 def busybox() -> Path:
     """busybox-static's binary (a static one: the image has no libc)."""
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        path = Path(candidate)
-        if path.exists():
-            return path
-    raise AssertionError("busybox is missing: make test installs busybox-static")
+    found = shutil.which("busybox")
+    if found is None:
+        raise AssertionError("busybox is missing: make test installs busybox-static")
+    path = Path(found)
+    if b"ld-linux" in path.read_bytes()[:8192]:  # an ELF interpreter: dynamically linked
+        raise AssertionError(f"{path} is not static: install busybox-static instead of busybox")
+    return path
 
 
 class Engine:
@@ -120,85 +118,108 @@ class Engine:
         for volume in self.http.get("/volumes", params=params).json().get("Volumes") or []:
             self.remove_volume(volume["Name"])
 
-    def build(self, tag: str, files: dict[str, bytes]) -> None:
-        """`docker build` of a context made of `files` (name -> content, mode 0755)."""
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tar:
-            for name, content in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(content), 0o755
-                tar.addfile(info, io.BytesIO(content))
+    def import_image(self, tag: str, rootfs: bytes, cmd: list[str]) -> None:
+        """`docker import` of a root filesystem tar as `tag`, with `cmd` as its CMD."""
+        repo, _, version = tag.partition(":")
+        params = {"fromSrc": "-", "repo": repo, "tag": version, "changes": f"CMD {json.dumps(cmd)}"}
         answer = self.http.post(
-            "/build",
-            params={"t": tag, "rm": "true", "forcerm": "true"},
-            content=data.getvalue(),
+            "/images/create",
+            params=params,
+            content=rootfs,
             headers={"Content-Type": "application/x-tar"},
-            timeout=300,
+            timeout=120,
         )
         assert answer.status_code == 200, answer.text
         assert '"errorDetail"' not in answer.text, answer.text
+        if not self.has_image(tag):  # Podman's import tags it `latest`, whatever it is asked
+            self.post(f"/images/{repo}/tag", repo=repo, tag=version)
 
     def has_image(self, tag: str) -> bool:
         return self.http.get(f"/images/{tag}/json").status_code == 200
 
 
 def build_test_image(engine: Engine, tag: str = TEST_IMAGE) -> str:
-    """Build the busybox test image into `engine`'s daemon (once per daemon)."""
+    """Make the busybox test image in `engine`'s daemon (once per daemon), by importing a
+    root filesystem made here: /bin/busybox, a link to it for each applet, /bin/serve."""
     if not engine.has_image(tag):
-        files = {
-            "Dockerfile": DOCKERFILE.encode(),
-            "busybox": busybox().read_bytes(),
-            "serve": SERVE.encode(),
-        }
-        engine.build(tag, files)
+        engine.import_image(tag, _rootfs(), ["/bin/serve"])
     return tag
 
 
+def _rootfs() -> bytes:
+    binary = busybox()
+    applets = subprocess.run(
+        [str(binary), "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for folder in ("bin", "tmp"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
+            tar.addfile(info)
+        for name, content in (("bin/busybox", binary.read_bytes()), ("bin/serve", SERVE.encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o755
+            tar.addfile(info, io.BytesIO(content))
+        for applet in applets:
+            if applet not in ("busybox", "serve"):
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+    return data.getvalue()
+
+
 def wait_until(check: Any, timeout: float, what: str) -> Any:
-    """Poll `check` until truthy, or fail after `timeout` seconds."""
-    deadline, delay = time.monotonic() + timeout, 0.01
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(0.2, delay * 1.5)
+    """conftest's `wait_for` (imported here, not at the top: conftest imports this module)."""
+    from .conftest import wait_for
+
+    return wait_for(check, timeout, what)
 
 
 def _default_host() -> str:
     return os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
 
 
+def ensure_dockerd(log: Path) -> tuple[Engine, subprocess.Popen[bytes] | None]:
+    """The Docker daemon at DOCKER_HOST or the default socket, and the `dockerd` process
+    started here (its output in `log`) when none answered; None when one was running."""
+    engine = Engine(_default_host())
+    if engine.ping():
+        return engine, None
+    if not shutil.which("dockerd"):
+        raise AssertionError("dockerd is missing: make test installs docker.io")
+    with open(log, "wb") as out:
+        started = subprocess.Popen(
+            ["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(lambda: started.poll() is not None or engine.ping(), 60, "dockerd")
+    except AssertionError:
+        started.kill()
+        raise
+    if started.poll() is not None:
+        raise AssertionError(f"dockerd exited:\n{log.read_text()[-3000:]}")
+    return engine, started
+
+
+def stop_dockerd(started: subprocess.Popen[bytes] | None) -> None:
+    """Stop a dockerd `ensure_dockerd` started (nothing when it found one running)."""
+    if started is None:
+        return
+    started.terminate()
+    try:
+        started.wait(60)
+    except subprocess.TimeoutExpired:
+        started.kill()
+
+
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """The Docker daemon the tests use; started here when none answers."""
-    engine = Engine(_default_host())
-    started: subprocess.Popen[bytes] | None = None
-    if not engine.ping():
-        if not shutil.which("dockerd"):
-            raise AssertionError("dockerd is missing: make test installs docker.io")
-        log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-        with open(log, "wb") as out:
-            started = subprocess.Popen(
-                ["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            wait_until(lambda: started.poll() is not None or engine.ping(), 60, "dockerd")
-        except AssertionError:
-            started.kill()
-            raise
-        if started.poll() is not None:
-            raise AssertionError(f"dockerd exited:\n{log.read_text()[-3000:]}")
+    engine, started = ensure_dockerd(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
     build_test_image(engine)
     yield engine
-    if started is not None:
-        started.terminate()
-        try:
-            started.wait(60)
-        except subprocess.TimeoutExpired:
-            started.kill()
+    stop_dockerd(started)
 
 
 class PrivateDockerd:
@@ -214,7 +235,8 @@ class PrivateDockerd:
         self.tls_port = tls_port
         self.bridge = f"sdt{random.randrange(10**6)}"
         self.certs = self.root / "certs"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the reaper dockerd runs under
+        self.reapers: list[subprocess.Popen[bytes]] = []
         self.engine = Engine(f"unix://{self.socket}")
         _make_certs(self.certs)
         subnet = f"10.213.{random.randrange(1, 254)}"
@@ -254,16 +276,31 @@ class PrivateDockerd:
         ]
         with open(self.root / "dockerd.log", "ab") as out:
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, REAPER, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+        self.reapers.append(self.proc)
         proc = self.proc
         wait_until(lambda: proc.poll() is not None or self.engine.ping(), 60, "private dockerd")
         if proc.poll() is not None:
             raise AssertionError(f"private dockerd exited:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the daemon with `sig` (SIGKILL leaves its containers' processes running)."""
-        if self.proc is not None and self.proc.poll() is None:
+        """Stop the daemon: SIGTERM lets it stop its containers and containerd; SIGKILL
+        kills dockerd alone, as a crash would (containers keep running until the next
+        dockerd starts). Returns once dockerd and its containerd are gone."""
+        if self.proc is None:
+            return
+        if sig == signal.SIGKILL:
+            containerd = _pid_in(self.root / "exec" / "containerd" / "containerd.pid")
+            dockerd = _pid_in(self.root / "docker.pid")
+            if dockerd is not None:
+                os.kill(dockerd, signal.SIGKILL)
+            gone = [p for p in (dockerd, containerd) if p is not None]
+            wait_until(lambda: not any(psutil.pid_exists(p) for p in gone), 30, "dockerd gone")
+        else:
             self.proc.send_signal(sig)
             self.proc.wait(60)
         self.proc = None
@@ -276,10 +313,21 @@ class PrivateDockerd:
             for item in self.engine.containers():
                 self.engine.remove(item["Id"])
         self.stop()
+        for reaper in self.reapers:  # still waiting for a shim: its container is gone now
+            if reaper.poll() is None:
+                reaper.kill()
+                reaper.wait(10)
         for mount in reversed(_mounts_under(self.root)):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _mounts_under(root: Path) -> list[str]:
@@ -295,12 +343,13 @@ def _make_certs(folder: Path) -> None:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+    run("req", "-x509", *key, "-nodes", "-days", "2", "-subj", "/CN=test-ca",
         "-keyout", "ca-key.pem", "-out", "ca.pem")  # fmt: skip
     (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=siesta")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+        run("req", *key, "-nodes", "-subj", subject,
             "-keyout", f"{name}-key.pem", "-out", f"{name}.csr")  # fmt: skip
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",

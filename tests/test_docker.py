@@ -43,17 +43,18 @@ def instance_of(proc: SiestaProcess) -> str:
 
 @pytest.fixture
 def docker(docker_engine: Engine) -> Iterator[Callable[[SiestaProcess], str]]:
-    """Register a siesta process's instance: its containers and volumes go at teardown."""
-    instances: list[str] = []
+    """Register a siesta process's instance: at teardown the process is stopped, then its
+    containers and volumes are removed."""
+    tracked: list[SiestaProcess] = []
 
     def track(proc: SiestaProcess) -> str:
-        instance = instance_of(proc)
-        instances.append(instance)
-        return instance
+        tracked.append(proc)
+        return instance_of(proc)
 
     yield track
-    for instance in instances:
-        docker_engine.cleanup(instance)
+    for proc in tracked:
+        proc.stop()
+        docker_engine.cleanup(instance_of(proc))
 
 
 def only_container(engine: Engine, instance: str, session: str = "alice") -> dict[str, Any]:
@@ -210,8 +211,9 @@ def test_a_container_killed_from_outside_is_noticed_at_once(
 def test_a_missing_image_gives_503_and_failed_with_backoff(
     siesta: Launcher, docker: Callable[[SiestaProcess], str]
 ) -> None:
-    """An image the Docker host does not have: the request gets 503 saying so, with
-    Retry-After; the session is FAILED and refuses wakes during its backoff (no retry)."""
+    """An image the Docker host does not have: the request gets 503 with Retry-After and
+    the event says why; the session is FAILED and refuses wakes during its backoff (no
+    retry)."""
     template = container_template(
         image="siesta-test-missing:1", max_start_failures=1, failure_backoff="1m"
     )
@@ -220,8 +222,9 @@ def test_a_missing_image_gives_503_and_failed_with_backoff(
 
     answer = httpx.get(proc.url("alice"), timeout=30)
     assert answer.status_code == 503
-    assert "image 'siesta-test-missing:1' is not on the Docker host" in answer.text
+    assert "could not be woken" in answer.text  # the detail goes to the log and the event
     assert proc.state("alice") is State.FAILED
+    assert "image 'siesta-test-missing:1' is not on the Docker host" in proc.events()[-1].reason
     again = httpx.get(proc.url("alice"), timeout=30)
     assert again.status_code == 503
     assert 1 < int(again.headers["retry-after"]) <= 60

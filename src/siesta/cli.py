@@ -25,8 +25,8 @@ from siesta.config import Config, ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import State, Transition
 from siesta.core.policy import CLOCK_SIGNALS
+from siesta.store import open_store
 from siesta.store.base import SessionRecord
-from siesta.store.sqlite import SqliteStore
 from siesta.styles import STATE_STYLE, styled, transition, when
 
 app = typer.Typer(
@@ -195,15 +195,15 @@ def status(config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = Fal
 
 def _status_from_store(conf: Config, why: str, as_json: bool) -> None:
     """The table from the state siesta last stored (it is not running)."""
-    if not conf.store.exists():
-        err.print(f"no state yet at {conf.store}: siesta has not run with this config")
+    path = conf.store_path
+    if path is not None and not path.exists():
+        err.print(f"no state yet at {path}: siesta has not run with this config")
         raise typer.Exit(1)
-    store = SqliteStore(conf.store)
     try:
-        records = store.sessions()
-        last = {e.session: e for e in store.events(limit=100000)}
-    finally:
-        store.close()
+        records, last = asyncio.run(_stored(conf))
+    except Exception as exc:
+        err.print(f"{why}, and its store cannot be read: {exc}")
+        raise typer.Exit(1) from None
     now = time.time()
     if as_json:
         _print_json(
@@ -231,7 +231,7 @@ def _status_from_store(conf: Config, why: str, as_json: bool) -> None:
         )
     console.print(table)
     err.print(
-        f"{why}: this is the state it last stored in {conf.store}; "
+        f"{why}: this is the state it last stored in {conf.store.identity}; "
         "no policy checks are scheduled while it is not running",
         highlight=False,
         soft_wrap=True,
@@ -250,6 +250,18 @@ def _record_json(record: SessionRecord, event: Transition | None) -> dict[str, A
         "updated": None if not record.updated else when(record.updated),
         "last_event": None if event is None else event.reason,
     }
+
+
+async def _stored(conf: Config) -> tuple[list[SessionRecord], dict[str, Transition]]:
+    """The stored sessions, and each one's last event."""
+    store = open_store(conf.store, conf.instance_id)
+    try:
+        await store.open()
+        records = await store.sessions()
+        last = {e.session: e for e in await store.events(limit=100_000)}
+    finally:
+        await store.close()
+    return records, last
 
 
 @config_app.command("check")

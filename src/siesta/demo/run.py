@@ -16,6 +16,7 @@ import math
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +235,12 @@ class Demo:
     script: Script | None = None
 
     @property
+    def _store_path(self) -> Path:
+        path = self.config.store_path
+        assert path is not None  # the demo's store is SQLite
+        return path
+
+    @property
     def idle(self) -> float:
         """The sessions' idle timeout, in seconds."""
         return self.config.templates[TEMPLATE].idle_timeout
@@ -271,7 +278,7 @@ class Demo:
 
     def finish(self) -> int:
         """After siesta stopped: the summary (with traffic) and the exit code."""
-        leftover = _running_backends(self.config.store)
+        leftover = _running_backends(self._store_path)
         for line in leftover:
             self.console.print(f"[red]still running[/red] {line}")
         if self.script is None:
@@ -282,7 +289,7 @@ class Demo:
 
     def _report(self, leftover: list[str]) -> int:
         assert self.script is not None
-        events = _read_events(self.config.store, self.started)
+        events = _read_events(self._store_path, self.started)
         rows = [
             summarize(sid, events, self.script.replies, self.started, self.ended, state)
             for sid, state in self.initial.items()
@@ -391,12 +398,14 @@ class SessionsView:
         self.idle = idle
         self.since = since
         self.status = ""
+        self.recent: deque[Transition] = deque(maxlen=RECENT_EVENTS)
+        app.lifecycle.observers.append(self.recent.append)  # memory: the loop never reads disk
 
     def render(self) -> Group:
         """One frame."""
         known = self.app.lifecycle.sessions
         sessions = [known[sid] for sid in (*SESSIONS, SLOW) if sid in known]
-        recent = self.app.store.events(since=self.since, limit=1_000_000)[-RECENT_EVENTS:]
+        recent = list(self.recent)
         now = time.monotonic()
         return Group(
             sessions_table(sessions, now, self.idle),

@@ -108,6 +108,7 @@ class _Box:
     template: str | None = None  # the template it was made from (its siesta.template label)
     spec: str | None = None  # the siesta.spec label of that container
     live: bool = False  # started by us (or adopted) and not stopped since: exits are reported
+    since: float = 0.0  # monotonic time `live` last became true
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one start/stop/sweep at a time
     tail: str = ""  # the log of a container removed on sleep
     cpu: tuple[float, float] | None = None  # (cpu seconds, monotonic) of the last status()
@@ -152,7 +153,7 @@ class DockerProvider:
         assert tpl.port is not None  # the config requires it
         box = self._boxes.setdefault(session, _Box())
         async with box.lock:
-            box.live = True  # before the start: a die from now on is this run's
+            box.live, box.since = True, time.monotonic()  # a die from now on is this run's
             box.template = template
             try:
                 info = await self._call(self._run(session, box, body), self._host_words)
@@ -407,7 +408,7 @@ class DockerProvider:
         endpoint = spec.endpoint_of(info, template.port, template.network)
         if endpoint is None or not spec.running(info):
             return None
-        box.live = True
+        box.live, box.since = True, time.monotonic()
         return RunningBackend(session, endpoint)
 
     # -- the pulse: events and sweeps ------------------------------------------------------
@@ -447,7 +448,7 @@ class DockerProvider:
                 log.info("following Docker's events at %s", self._host())
             self.connected = True
             try:
-                await self._sweep()
+                await self.sweep()
             finally:
                 self._tried.set()
             async for line in response.content:
@@ -497,13 +498,14 @@ class DockerProvider:
             await asyncio.sleep(SWEEP_EVERY)
             if self.connected:
                 try:
-                    await self._sweep()
+                    await self.sweep()
                 except Exception as exc:  # a failed sweep is retried at the next one
                     log.warning("reconciling with Docker failed: %s", exc)
 
-    async def _sweep(self) -> None:
+    async def sweep(self) -> None:
         """Make Docker match siesta: report exits no event told, stop containers that run
         while their session sleeps, remove those of sessions that no longer exist."""
+        began = time.monotonic()
         listed = await self._call(self._list(), self._host_words)
         known = None if self._known is None else set(self._known())
         seen: set[str] = set()
@@ -514,7 +516,8 @@ class DockerProvider:
             seen.add(session)
             await self._settle(session, box, item, known)
         for session, box in list(self._boxes.items()):
-            if session not in seen and box.live and not box.lock.locked():
+            gone = session not in seen and box.since < began  # live before the list was made
+            if gone and box.live and not box.lock.locked():
                 box.id = box.spec = None
                 await self._confirm_exit(session, box, None)
 
@@ -542,7 +545,10 @@ class DockerProvider:
 
     def _docker(self) -> aiodocker.Docker:
         if self._client is None:
-            self._client = aiodocker.Docker(url=self._url)
+            try:
+                self._client = aiodocker.Docker(url=self._url)
+            except ValueError as exc:  # aiodocker: a DOCKER_HOST it cannot use
+                raise StartError(f"DOCKER_HOST: {exc}") from exc
         return self._client
 
     def _name(self, session: str) -> str:
@@ -589,8 +595,6 @@ class DockerProvider:
             raise
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StartError(words(exc)) from exc
-        except ValueError as exc:  # aiodocker: a DOCKER_HOST it cannot use
-            raise StartError(f"DOCKER_HOST: {exc}") from exc
 
 
 async def _close(stream: object) -> None:
