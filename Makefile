@@ -6,13 +6,16 @@ RUNTIME := $(VENV)/.runtime
 STAMP   := $(VENV)/.installed
 PORT    ?= 8080
 
-.PHONY: demo test lint bench compiled pure clean
+.PHONY: demo test lint bench compiled pure clean dist
 
 # What siesta needs to run (make demo): the package and its runtime dependencies only.
+# The hot path is compiled too (as a wheel's build hook does), or left pure with a warning
+# when it cannot be (no C compiler): siesta runs either way.
 $(RUNTIME): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e . mypy setuptools
+	$(BIN)/python scripts/compile.py || echo "make: the hot path stays pure Python"
 	touch $(RUNTIME)
 
 # What the checks and tests need besides: the dev extra.

@@ -61,9 +61,9 @@ JsonOption = Annotated[
 
 def _version(asked: bool) -> None:
     if asked:
-        from siesta._native import COMPILED
+        from siesta._native import compiled
 
-        hot_path = "compiled hot path" if COMPILED else "pure Python"
+        hot_path = "compiled hot path" if compiled() else "pure Python"
         console.print(f"siesta {__version__} ({hot_path})", highlight=False)
         raise typer.Exit()
 
@@ -121,9 +121,9 @@ def up(
 
     def announce(_app: object) -> None:
         gw = conf.gateway
-        from siesta._native import COMPILED
+        from siesta._native import compiled
 
-        hot_path = "compiled with mypyc" if COMPILED else "pure Python"
+        hot_path = "compiled with mypyc" if compiled() else "pure Python"
         log.info(
             "siesta listening on http://%s (%s routing, %s)",
             gw.listen,

@@ -41,12 +41,12 @@ WAKE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 def build_info() -> dict[str, str]:
     """The labels of siesta_build_info: version, Python, and which hot path runs."""
-    from siesta._native import COMPILED
+    from siesta._native import compiled
 
     return {
         "version": __version__,
         "python": platform.python_version(),
-        "hot_path": "compiled" if COMPILED else "pure",
+        "hot_path": "compiled" if compiled() else "pure",
     }
 
 
