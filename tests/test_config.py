@@ -425,3 +425,19 @@ def test_every_problem_in_one_pass_and_one_line_per_duplicate(tmp_path: Path) ->
         tmp_path, "templates:\n  web: {command: [a]}\n  web:\n    command: [b, c]\n"
     )
     assert duplicated == ["3 templates.web: duplicate key (first at line 2)"]
+
+
+def test_cel_durations_read_the_config_grammar(tmp_path: Path) -> None:
+    """duration("1d") works in a rule as 1d does in the config (CEL itself has no days);
+    a literal neither reads is refused at load with its line and column."""
+    good = (
+        "templates:\n  web: {command: [x], policy: p}\n"
+        "policies:\n  p:\n    sleep_when: 'idle_for > duration(\"1d12h\") && inflight == 0'\n"
+    )
+    config = load_config(write(tmp_path, good))
+    rule = config.policy_for("web").sleep_when
+    assert 'duration("129600s")' in rule.source
+    found = problems(tmp_path, good.replace("1d12h", "1x"))
+    assert len(found) == 1
+    assert found[0].startswith('5 policies.p.sleep_when: duration("1x"): ')
+    assert found[0].endswith("(column 22)")

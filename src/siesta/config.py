@@ -35,7 +35,7 @@ from pydantic_core import ErrorDetails
 
 from siesta.core import activity
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
-from siesta.core.duration import parse_duration
+from siesta.core.duration import DurationLiteralError, cel_durations, parse_duration
 from siesta.core.policy import Policy, PolicyError, Rule, Warn, check_app, compile_rule
 from siesta.core.routing import RoutingMode
 from siesta.savings.settings import ResourcesConf, SavingsConf
@@ -700,7 +700,9 @@ class PolicyConf(_Model):
             if source is None:
                 continue
             try:
-                rules[key] = compile_rule(key, source)
+                rules[key] = compile_rule(key, cel_durations(source))
+            except DurationLiteralError as exc:  # one grammar for the config and CEL
+                problems.append(((key,), str(PolicyError(key, str(exc), source, exc.offset))))
             except PolicyError as exc:
                 problems.append(((key,), str(exc)))
         if (self.warn is None) != (self.warn_before is None):
