@@ -32,6 +32,7 @@ from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.reload import Reloader, configured_before, remember_configured, remove_unlisted
 from siesta.replicas import ACTIVITY_EVERY, Replicas
 from siesta.savings.keeper import LedgerKeeper
 from siesta.store import open_store
@@ -112,6 +113,8 @@ class Siesta:
         )
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
+        self.reloader: Reloader | None = None
+        self.reload_asked = False  # a SIGHUP came before the reloader was ready
         self.prober: Prober | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,9 +157,12 @@ class Siesta:
         await self.lifecycle.start(self.config.sessions)
         if self.docker is not None:  # before the gateway: orphans go, exits are followed
             await self.docker.begin()
-        self.controller = Controller(
-            self.lifecycle, self.config.template_policies(), provider=self.provider
-        )
+        listed_before = configured_before(self.config.state_dir)
+        await remove_unlisted(self.lifecycle, listed_before, self.config)
+        remember_configured(self.config.state_dir, self.config)
+        policies = self.config.template_policies()
+        self.reloader = Reloader(self.config, self.lifecycle, self.config.templates, policies)
+        self.controller = Controller(self.lifecycle, policies, provider=self.provider)
         self.prober = Prober(
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
@@ -402,8 +408,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))  # a HUP while starting waits
     try:
         await app.start()
+        if app.reload_asked:
+            _reload(app)
         follow_up: asyncio.Task[None] | None = None
         if ready is not None:
             result = ready(app)
@@ -417,8 +426,21 @@ async def serve(
     finally:
         log.info("shutting down")
         await app.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _reload(app: Siesta) -> None:
+    """SIGHUP: read the config file again and apply it (or keep the running one)."""
+    app.reload_asked = app.reloader is None
+    if app.reloader is not None:
+        task = asyncio.ensure_future(app.reloader.reload())
+        task.add_done_callback(_reload_done)
+
+
+def _reload_done(task: asyncio.Future[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reload failed: %s", task.exception())
 
 
 async def _then_set(awaitable: Awaitable[None], event: asyncio.Event) -> None:
