@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, TypeVar
 from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
+from siesta.core.model import Session
 from siesta.gateway.server import Gateway
 from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
@@ -92,6 +93,7 @@ class Siesta:
         if self.replicas is not None:
             self.lifecycle.share(self.replicas)
         self.gateway = Gateway(config.gateway, self.lifecycle)
+        self.gateway.failure_log = self._failure_log
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
             if config.keda is not None
@@ -144,6 +146,15 @@ class Siesta:
             )
             providers["docker"] = self.docker
         return ByTemplate(providers, kinds)
+
+    async def _failure_log(self, session: Session) -> str | None:
+        """The end of the backend's log for the failure page, where the template allows."""
+        template = self.config.templates.get(session.template)
+        if template is None or not template.failure_log_lines:
+            return None
+        if getattr(template, "auth", None) or getattr(self.config.gateway, "auth", None):
+            return None  # behind auth: its log may hold what its users must not read
+        return await self.provider.logs(session.id, template.failure_log_lines)
 
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway

@@ -338,7 +338,8 @@ def sessions_list(config: ConfigOption = Path("siesta.yaml"), as_json: JsonOptio
 def _sessions_table(sessions: list[dict[str, Any]], *, labels: bool) -> Table:
     """Sessions as the admin API lists them: state, idle and awake time, next check."""
     columns = ["session", "template", "state", "idle for", "awake for", "next policy check"]
-    table = Table(*columns, *(["labels"] if labels else []))
+    failed = any(s.get("failure") for s in sessions)
+    table = Table(*columns, *(["labels"] if labels else []), *(["last failure"] if failed else []))
     for s in sessions:
         cells = [
             s["id"],
@@ -351,6 +352,10 @@ def _sessions_table(sessions: list[dict[str, Any]], *, labels: bool) -> Table:
         ]
         if labels:
             cells.append(", ".join(f"{k}={v}" for k, v in s["labels"].items()))
+        if failed:
+            retry = s.get("retry_in")
+            later = f" (retry in {format_duration(retry)})" if retry else ""
+            cells.append(escape(s.get("failure") or "") + later)
         table.add_row(*cells)
     return table
 

@@ -420,6 +420,15 @@ class TemplateConf(_Model):
         description="Working directory of the backend; a relative path is taken from the "
         "config file's folder. Unset by default: the backend inherits siesta's.",
     )
+    failure_log_lines: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Lines of the backend's log a browser sees on the failure page when the "
+        "session cannot start (with the reason and a countdown to the next try); 0 shows "
+        "none. 20: enough for a traceback's end. Sessions behind auth never show their log "
+        "there: it may hold what their users must not read.",
+    )
     max_start_failures: int = Field(
         default=3,
         ge=1,

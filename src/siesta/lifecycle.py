@@ -377,6 +377,7 @@ class Lifecycle:
             await self._lost_lease(session)
             raise WakeError(f"session {session.id!r}: another replica took its wake over")
         session.failures = 0
+        session.failure = ""
         self._mark_awake_now(session)
         self._move(session, State.AWAKE, reason, wake_seconds=self._clock.monotonic() - began)
 
@@ -406,6 +407,7 @@ class Lifecycle:
         return lambda: self._provider.alive(session.id)
 
     def _start_failed(self, session: Session, why: str) -> None:
+        session.failure = why
         template = self._templates[session.template]
         session.failures += 1
         new = after_failed_start(session.failures, template.max_start_failures)
