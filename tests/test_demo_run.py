@@ -30,7 +30,7 @@ from siesta.demo import run as demo_run
 from siesta.demo.run import percentile, running_seconds
 from siesta.store.sqlite import SqliteStore
 
-from .conftest import wait_for
+from .conftest import accepts, wait_for
 
 DEMO_TIMEOUT = 120.0
 
@@ -198,7 +198,7 @@ def test_the_interactive_demo_has_a_slow_session_and_an_admin_api(folder: Path) 
     env = {**os.environ, "COLUMNS": "160"}
     demo = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: demo.poll() is not None or _accepts(port), what="the demo to listen")
+        wait_for(lambda: demo.poll() is not None or accepts(port), what="the demo to listen")
         assert demo.poll() is None
         page = {"Accept": "text/html"}
         first = httpx.get(f"http://127.0.0.1:{port}/s/dave/", headers=page, timeout=30)
@@ -230,11 +230,3 @@ def test_the_interactive_demo_has_a_slow_session_and_an_admin_api(folder: Path) 
     assert demo.returncode == 0, out
     assert "siesta status -c" in out
     assert demo_backends(folder) == []
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
