@@ -36,7 +36,20 @@ test: lint
 	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
 		redis-server:redis-server dockerd:docker.io busybox:busybox-static ip:iproute2 \
 		openssl:openssl
+	$(BIN)/python scripts/compile.py
 	$(BIN)/pytest -q
+	SIESTA_PURE=1 $(BIN)/pytest -q $(GATEWAY_TESTS)
+	$(MAKE) dist
+
+# The whole suite runs on the compiled hot path; these again on the pure one.
+GATEWAY_TESTS := tests/test_gateway_http.py tests/test_http_heads.py tests/test_wake.py
+
+# The sdist and the wheel (its build hook compiles the hot path) into dist/, then the
+# wheel installed with pipx into a temporary place (tests/test_packaging.py).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	SIESTA_WHEEL="$$(ls dist/*.whl)" $(BIN)/pytest -q tests/test_packaging.py
 
 bench: compiled
 	bash bench/setup.sh
