@@ -25,10 +25,11 @@ RUN python -m venv /opt/build \
 
 # siesta itself: built into a wheel with the pinned hatchling, installed without
 # resolving anything (every dependency is already there, hash-checked).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md hatch_build.py ./
+COPY scripts/compile.py scripts/
 COPY src/ src/
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
- && /opt/siesta/bin/pip install --no-deps --no-index /wheels/siesta-*.whl \
+ && /opt/siesta/bin/pip install --no-deps --no-index /wheels/siesta_gateway-*.whl \
  && /opt/siesta/bin/pip uninstall --yes pip \
  && /opt/siesta/bin/siesta --help > /dev/null
 

@@ -2,18 +2,29 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP   := $(VENV)/.installed
+PORT    ?= 8080
 
-.PHONY: demo test lint bench compiled pure clean
+.PHONY: demo test lint bench compiled pure clean dist
 
-$(STAMP): pyproject.toml
+# What siesta needs to run (make demo): the package and its runtime dependencies only.
+# The hot path is compiled too (as a wheel's build hook does), or left pure with a warning
+# when it cannot be (no C compiler): siesta runs either way.
+$(RUNTIME): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e . mypy setuptools
+	$(BIN)/python scripts/compile.py || echo "make: the hot path stays pure Python"
+	touch $(RUNTIME)
+
+# What the checks and tests need besides: the dev extra.
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/siesta demo
+demo: $(RUNTIME)
+	$(BIN)/siesta demo --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
@@ -25,7 +36,20 @@ test: lint
 	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
 		redis-server:redis-server dockerd:docker.io busybox:busybox-static ip:iproute2 \
 		openssl:openssl
+	$(BIN)/python scripts/compile.py
 	$(BIN)/pytest -q
+	SIESTA_PURE=1 $(BIN)/pytest -q $(GATEWAY_TESTS)
+	$(MAKE) dist
+
+# The whole suite runs on the compiled hot path; these again on the pure one.
+GATEWAY_TESTS := tests/test_gateway_http.py tests/test_http_heads.py tests/test_wake.py
+
+# The sdist and the wheel (its build hook compiles the hot path) into dist/, then the
+# wheel installed with pipx into a temporary place (tests/test_packaging.py).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	SIESTA_WHEEL="$$(ls dist/*.whl)" $(BIN)/pytest -q tests/test_packaging.py
 
 bench: compiled
 	bash bench/setup.sh

@@ -29,35 +29,73 @@ MODULES = [  # the per-request path, and what it calls
 GROUP = "siesta"  # the shared library is the top-level module `siesta__mypyc`
 
 
-def main() -> None:
+def compile_to(build: Path, *, lenient: bool = False) -> list[str]:
+    """Compile MODULES with mypyc into `build`/lib; the built files, relative to lib/.
+
+    `lenient` (the wheel's build hook, whose isolated environment has mypy but not
+    siesta's dependencies or their stubs) treats what cannot be found as Any.
+    """
     from mypyc.build import mypycify
     from setuptools import setup
 
-    shutil.rmtree(BUILD, ignore_errors=True)
+    shutil.rmtree(build, ignore_errors=True)
     paths = [str(SRC / (m.replace(".", "/") + ".py")) for m in MODULES]
+    options = ["--ignore-missing-imports", "--follow-imports=silent"] if lenient else []
+    here = Path.cwd()
     os.chdir(SRC)  # setuptools reads ./pyproject.toml: not the project's
-    setup(
-        name="siesta-compiled",
-        ext_modules=mypycify(
-            [
-                "--config-file",
-                str(ROOT / "pyproject.toml"),
-                "--cache-dir",
-                str(BUILD / "cache"),
-                *paths,
+    try:
+        setup(
+            name="siesta-compiled",
+            ext_modules=mypycify(
+                [
+                    "--config-file",
+                    str(ROOT / "pyproject.toml"),
+                    "--cache-dir",
+                    str(build / "cache"),
+                    *options,
+                    *paths,
+                ],
+                target_dir=str(build / "c"),
+                group_name=GROUP,
+            ),
+            script_args=[
+                "-q",
+                "build_ext",
+                "--build-lib",
+                str(build / "lib"),
+                "--build-temp",
+                str(build / "tmp"),
             ],
-            target_dir=str(BUILD / "c"),
-            group_name=GROUP,
-        ),
-        script_args=[
-            "-q",
-            "build_ext",
-            "--build-lib",
-            str(BUILD / "lib"),
-            "--build-temp",
-            str(BUILD / "tmp"),
-        ],
+        )
+    finally:
+        os.chdir(here)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    built = [f"{GROUP}__mypyc{suffix}", *(m.replace(".", "/") + suffix for m in MODULES)]
+    for name in built:
+        assert (build / "lib" / name).is_file(), name
+    return built
+
+
+def _fresh() -> bool:
+    """Whether build/mypyc holds every module, compiled from the sources as they are."""
+    try:
+        manifest = json.loads((BUILD / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("cache_tag") == sys.implementation.cache_tag and all(
+        manifest["modules"].get(m, {}).get("sha256") == _digest(m) for m in MODULES
     )
+
+
+def _digest(module: str) -> str:
+    return hashlib.sha256((SRC / (module.replace(".", "/") + ".py")).read_bytes()).hexdigest()
+
+
+def main() -> None:
+    if "--force" not in sys.argv and _fresh():
+        print("scripts/compile.py: the compiled hot path is up to date")
+        return
+    compile_to(BUILD)
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     manifest: dict[str, Any] = {
         "cache_tag": sys.implementation.cache_tag,
@@ -65,15 +103,11 @@ def main() -> None:
         "modules": {
             m: {
                 "so": "lib/" + m.replace(".", "/") + suffix,
-                "sha256": hashlib.sha256(
-                    (SRC / (m.replace(".", "/") + ".py")).read_bytes()
-                ).hexdigest(),
+                "sha256": _digest(m),
             }
             for m in MODULES
         },
     }
-    for entry in [manifest["shared"], *(e["so"] for e in manifest["modules"].values())]:
-        assert (BUILD / entry).is_file(), entry
     (BUILD / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 

@@ -171,7 +171,10 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         port: int | None = None,
         config_dir: Path | None = None,
         extra: dict[str, Any] | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> SiestaProcess:
+        """`args` go after `siesta up -c <config>`; `env` is added to the environment."""
         folder = config_dir or tmp_path
         port = port or free_port()
         config = {
@@ -192,13 +195,13 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         path.write_text(yaml.safe_dump(config))
         log = folder / f"siesta-{len(running)}.log"
         starts = folder / "starts.txt"
-        env = {**os.environ, "SIESTA_TEST_STARTS": str(starts)}
+        environ = {**os.environ, "SIESTA_TEST_STARTS": str(starts), **(env or {})}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "siesta", "up", "-c", str(path)],
+                [sys.executable, "-m", "siesta", "up", "-c", str(path), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=environ,
                 cwd=folder,
             )
         handle = SiestaProcess(proc, port, path, folder / "state", log, starts)

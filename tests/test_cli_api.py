@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 import httpx
 import psutil
@@ -81,15 +83,41 @@ def test_wake_sleep_and_events(running: SiestaProcess) -> None:
     listed = cli(running, "events", "--session", "alice")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert [line.split()[3:6] for line in lines] == [
+    assert [line.split()[2:5] for line in lines] == [
         ["ASLEEP", "->", "WAKING"],
         ["WAKING", "->", "AWAKE"],
         ["AWAKE", "->", "STOPPING"],
         ["STOPPING", "->", "ASLEEP"],
     ]
+    assert datetime.fromisoformat(lines[0].split()[0]).utcoffset() is not None
     assert "woke in" in lines[1]
     assert "put to sleep through the admin API" in lines[2]
     assert cli(running, "wake", "nobody").stderr.strip() == "error no session 'nobody'"
+
+
+def test_json_output_for_scripts(running: SiestaProcess) -> None:
+    """--json on status, sessions list, events and policy explain: one JSON document on
+    stdout with the API's fields; event times also in ISO 8601 with their offset."""
+    assert cli(running, "wake", "alice").returncode == 0
+    status = json.loads(cli(running, "status", "--json").stdout)
+    assert status["running"] is True
+    assert [(s["id"], s["state"]) for s in status["sessions"]] == [("alice", "AWAKE")]
+    listed = json.loads(cli(running, "sessions", "list", "--json").stdout)
+    assert listed[0]["id"] == "alice"
+    assert listed[0]["pid"] == running.records()["alice"].pid
+    events = [json.loads(line) for line in cli(running, "events", "--json").stdout.splitlines()]
+    assert [(e["old"], e["new"]) for e in events] == [("ASLEEP", "WAKING"), ("WAKING", "AWAKE")]
+    assert datetime.fromisoformat(events[0]["time"]).timestamp() == pytest.approx(
+        events[0]["at"], abs=1
+    )
+    explained = json.loads(cli(running, "policy", "explain", "alice", "--json").stdout)
+    assert explained["session"] == "alice"
+    assert explained["rules"]
+    running.stop()
+    stored = json.loads(cli(running, "status", "--json").stdout)
+    assert stored["running"] is False
+    assert "not running" in stored["why"]
+    assert stored["sessions"][0]["id"] == "alice"
 
 
 def test_events_follow_prints_new_events(running: SiestaProcess) -> None:

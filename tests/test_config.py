@@ -191,7 +191,8 @@ def test_bad_listen_address(tmp_path: Path, listen: str, message: str) -> None:
 @pytest.mark.parametrize("name", ["bad id", "-leading-dash", "a" * 64, "dots.no"])
 def test_bad_session_id(tmp_path: Path, name: str) -> None:
     """Session ids are refused unless they fit in a URL path and a host name label."""
-    found = problems(tmp_path, f"templates: {{}}\nsessions:\n  '{name}': {{template: web}}\n")
+    text = f"templates: {{web: {{command: [x]}}}}\nsessions:\n  '{name}': {{template: web}}\n"
+    found = problems(tmp_path, text)
 
     assert found == [
         f"3 sessions.{name}: must be 1 to 63 letters, digits, '_' or '-', "
@@ -392,3 +393,54 @@ def test_keda_provider_needs_a_keda_section(tmp_path: Path) -> None:
         "5 templates.nb.provider: provider keda needs a keda: section "
         "(the External Scaler KEDA asks, e.g. keda: {listen: '0.0.0.0:9090'})"
     ]
+
+
+def test_placeholder_typos_are_refused_with_a_guess(tmp_path: Path) -> None:
+    """{prot} and {sesion} are errors at load, each with its line and the placeholder it
+    probably meant; a keda address may only name {session}; other braces pass."""
+    found = problems(
+        tmp_path,
+        "templates:\n"
+        "  web:\n"
+        '    command: ["serve", "{prot}", "--json={\\"a\\": 1}"]\n'
+        '    env: {WHO: "{sesion}", OK: "{base_url}"}\n',
+    )
+    assert found == [
+        "3 templates.web.command[1]: unknown placeholder {prot}: did you mean {port}? "
+        "(known: {port}, {host}, {session}, {base_url})",
+        "4 templates.web.env.WHO: unknown placeholder {sesion}: did you mean {session}? "
+        "(known: {port}, {host}, {session}, {base_url})",
+    ]
+
+
+def test_every_problem_in_one_pass_and_one_line_per_duplicate(tmp_path: Path) -> None:
+    """A structural error and a session naming an unknown template are reported together;
+    a duplicated mapping is one line, not one per key inside it."""
+    found = problems(
+        tmp_path,
+        "templates:\n  web: {command: 3}\nsessions:\n  alice: {template: wbe}\n",
+    )
+    assert found == [
+        "2 templates.web.command: must be a list of strings",
+        "4 sessions.alice.template: unknown template 'wbe' (known: web)",
+    ]
+    duplicated = problems(
+        tmp_path, "templates:\n  web: {command: [a]}\n  web:\n    command: [b, c]\n"
+    )
+    assert duplicated == ["3 templates.web: duplicate key (first at line 2)"]
+
+
+def test_cel_durations_read_the_config_grammar(tmp_path: Path) -> None:
+    """duration("1d") works in a rule as 1d does in the config (CEL itself has no days);
+    a literal neither reads is refused at load with its line and column."""
+    good = (
+        "templates:\n  web: {command: [x], policy: p}\n"
+        "policies:\n  p:\n    sleep_when: 'idle_for > duration(\"1d12h\") && inflight == 0'\n"
+    )
+    config = load_config(write(tmp_path, good))
+    rule = config.policy_for("web").sleep_when
+    assert 'duration("129600s")' in rule.source
+    found = problems(tmp_path, good.replace("1d12h", "1x"))
+    assert len(found) == 1
+    assert found[0].startswith('5 policies.p.sleep_when: duration("1x"): ')
+    assert found[0].endswith("(column 22)")

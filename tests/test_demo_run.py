@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from rich.console import Console
@@ -27,6 +29,8 @@ from siesta.core.model import State, Transition
 from siesta.demo import run as demo_run
 from siesta.demo.run import percentile, running_seconds
 from siesta.store.sqlite import SqliteStore
+
+from .conftest import accepts, wait_for
 
 DEMO_TIMEOUT = 120.0
 
@@ -181,3 +185,48 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([0.3, 0.1, 0.2], 0.95) == 0.3
     assert percentile([0.4], 0.5) == 0.4
     assert percentile([], 0.5) is None
+
+
+def test_the_interactive_demo_has_a_slow_session_and_an_admin_api(folder: Path) -> None:
+    """`siesta demo`: dave's app is slow to start, so a browser sees the waiting page
+    first, then the app; the admin API is on, so `siesta status -c <state>/siesta.yaml`
+    shows the demo's sessions; Ctrl-C stops it all."""
+    port, admin = free_port(), free_port()
+    state_dir = folder / "state"
+    command = [sys.executable, "-m", "siesta", "demo", "--port", str(port)]
+    command += ["--admin-port", str(admin), "--state-dir", str(state_dir)]
+    env = {**os.environ, "COLUMNS": "160"}
+    demo = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: demo.poll() is not None or accepts(port), what="the demo to listen")
+        assert demo.poll() is None
+        page = {"Accept": "text/html"}
+        first = httpx.get(f"http://127.0.0.1:{port}/s/dave/", headers=page, timeout=30)
+        assert first.status_code == 503
+        assert "Waking" in first.text
+        assert "dave" in first.text
+        config = state_dir / "siesta.yaml"
+        status = subprocess.run(
+            [sys.executable, "-m", "siesta", "status", "--json", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        answer = json.loads(status.stdout)
+        assert answer["running"] is True
+        states = {s["id"]: s["state"] for s in answer["sessions"]}
+        assert set(states) == {"alice", "bob", "carol", "dave"}
+        assert states["dave"] in ("WAKING", "AWAKE")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/s/dave/", timeout=30).status_code == 200,
+            timeout=30,
+            what="dave's app to answer",
+        )
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, out
+    assert "siesta status -c" in out
+    assert demo_backends(folder) == []

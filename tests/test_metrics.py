@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from siesta import __version__
 from siesta.core.model import Session, State, Transition
 from siesta.health import Health
 from siesta.metrics import SiestaMetrics, sleep_reason_class
@@ -149,3 +150,12 @@ def test_metrics_of_a_running_siesta(siesta: Launcher, monkeypatch: pytest.Monke
     assert asleep[("siesta_sleeps_total", (("reason", "admin"),))] == 1
     assert asleep[("siesta_sessions", (("state", "ASLEEP"),))] == 1
     assert asleep[("siesta_policy_evaluation_errors_total", ())] == 0
+    names = {name for name, _ in asleep}
+    assert not [n for n in names if n.endswith("_created")]
+    assert asleep[("process_cpu_seconds_total", ())] > 0
+    assert asleep[("process_resident_memory_bytes", ())] > 0
+    build = [labels for name, labels in asleep if name == "siesta_build_info"]
+    assert len(build) == 1
+    info = dict(build[0])
+    assert info["version"] == __version__
+    assert info["hot_path"] in ("compiled", "pure")

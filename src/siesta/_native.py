@@ -1,4 +1,5 @@
-"""Import the mypyc-compiled hot path from build/mypyc/ (`make compiled`), if fresh.
+"""Import the mypyc-compiled hot path from build/mypyc/ (`make compiled`), if fresh;
+and say which hot path runs (`compiled`), also for an installed wheel that ships it.
 
 Only for a source checkout: the compiled modules are used while each source file has
 the hash recorded when it was compiled; otherwise (an edit, a checkout) every module
@@ -35,6 +36,20 @@ class _Finder:
     ) -> importlib.machinery.ModuleSpec | None:
         so = self.paths.get(name)
         return importlib.util.spec_from_file_location(name, so) if so else None
+
+
+HOT_MODULE = "siesta.gateway.client"
+"""A module of the hot path: compiled when the rest of it is."""
+
+
+def compiled() -> bool:
+    """Whether the hot path runs compiled: from build/mypyc (a source checkout after
+    `make compiled`) or as extensions an installed wheel ships beside the sources."""
+    if COMPILED:
+        return True
+    spec = importlib.util.find_spec(HOT_MODULE)
+    origin = spec.origin if spec is not None else None
+    return origin is not None and origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def install() -> None:

@@ -14,14 +14,16 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
+from siesta.core.model import Session
 from siesta.gateway.server import Gateway
 from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
@@ -31,12 +33,13 @@ from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.reload import Reloader, configured_before, remember_configured, remove_unlisted
 from siesta.replicas import ACTIVITY_EVERY, Replicas
 from siesta.resources import Sampler, sampler_templates
 from siesta.savings.keeper import LedgerKeeper
 from siesta.store import open_store
 from siesta.store.accounts import StoredLedger
-from siesta.store.base import Batch
+from siesta.store.base import Batch, Store
 from siesta.store.redis import RedisStore
 
 if TYPE_CHECKING:
@@ -49,8 +52,14 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections 
 RESTART_FIRST = 0.1  # seconds before a background task that failed is started again
 RESTART_MAX = 30.0  # seconds between restarts of a task that keeps failing, at most
 
+T = TypeVar("T")
 
-class AlreadyRunning(Exception):
+
+class StartupError(Exception):
+    """siesta cannot start; the message names the file, folder or address at fault."""
+
+
+class AlreadyRunning(StartupError):
     """Another siesta process holds this state folder."""
 
 
@@ -63,7 +72,7 @@ class Siesta:
         self._lock = _lock_state_dir(config.state_dir) if config.store_path else None
         config.state_dir.mkdir(parents=True, exist_ok=True)  # logs, the admin token
         self.health = Health()
-        self.store = open_store(config.store, config.instance_id)
+        self.store = _open_store(config)
         self.docker: DockerProvider | None = None
         self.provider = self._provider()
         self.lifecycle = Lifecycle(
@@ -92,6 +101,7 @@ class Siesta:
             if t.activity is not None and (f := t.activity.filter()) is not None
         }
         self.gateway = Gateway(config.gateway, self.lifecycle, ignore=ignore)
+        self.gateway.failure_log = self._failure_log
         self.scaler = (
             ScalerServer(
                 ExternalScaler(
@@ -114,12 +124,14 @@ class Siesta:
                 logs=self.provider.logs,
                 ledger=self.ledger,
             )
-            if admin
+            if admin and config.gateway.admin_listen is not None
             else None
         )
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
         self.sampler: Sampler | None = None
+        self.reloader: Reloader | None = None
+        self.reload_asked = False  # a SIGHUP came before the reloader was ready
         self.prober: Prober | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,6 +164,15 @@ class Siesta:
             providers["docker"] = self.docker
         return ByTemplate(providers, kinds)
 
+    async def _failure_log(self, session: Session) -> str | None:
+        """The end of the backend's log for the failure page, where the template allows."""
+        template = self.config.templates.get(session.template)
+        if template is None or not template.failure_log_lines:
+            return None
+        if getattr(template, "auth", None) or getattr(self.config.gateway, "auth", None):
+            return None  # behind auth: its log may hold what its users must not read
+        return await self.provider.logs(session.id, template.failure_log_lines)
+
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway
         if gateway.routing == "path" and not gateway.strip_prefix:
@@ -164,7 +185,11 @@ class Siesta:
         await self.lifecycle.start(self.config.sessions)
         if self.docker is not None:  # before the gateway: orphans go, exits are followed
             await self.docker.begin()
+        listed_before = configured_before(self.config.state_dir)
+        await remove_unlisted(self.lifecycle, listed_before, self.config)
+        remember_configured(self.config.state_dir, self.config)
         policies = self.config.template_policies()
+        self.reloader = Reloader(self.config, self.lifecycle, self.config.templates, policies)
         self.sampler = Sampler(
             self.lifecycle,
             self.provider,
@@ -192,14 +217,17 @@ class Siesta:
                 self._guarded(replicas.beat, "heartbeat"),
                 self._guarded(lambda: self._lead(replicas, controller), "controller"),
             ]
-        keda = self.config.keda
+        keda, gateway = self.config.keda, self.config.gateway
         if self.scaler is not None and keda is not None:  # before the gateway, like admin
             tls = (keda.tls.cert, keda.tls.key) if keda.tls is not None else None
-            self.scaler_address = await self.scaler.start(*keda.address, tls=tls)
+            scaler = self.scaler.start(*keda.address, tls=tls)
+            self.scaler_address = await _bound("keda.listen", keda.listen, scaler)
         if self.admin is not None:  # before the gateway: listening means both are
-            self.admin_address = await self.admin.start()
-        gateway = self.config.gateway
-        self.address = await self.gateway.listen(gateway.host, gateway.port)
+            admin = self.admin.start()
+            address = str(gateway.admin_listen)
+            self.admin_address = await _bound("gateway.admin_listen", address, admin)
+        listen = self.gateway.listen(gateway.host, gateway.port)
+        self.address = await _bound("gateway.listen", gateway.listen, listen)
         _tune_gc()
         return self.address
 
@@ -349,9 +377,42 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
+async def _bound(key: str, address: str, listening: Awaitable[T]) -> T:
+    """`listening`'s result; an OS error (a port taken, an address not here) becomes a
+    `StartupError` naming the setting and its address."""
+    try:
+        return await listening
+    except OSError as exc:
+        raise StartupError(f"{key} {address}: {_os_problem(exc)}") from exc
+
+
+def _os_problem(exc: OSError) -> str:
+    """An OS error in a few words: asyncio's bind errors repeat the address, errno does not."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _open_store(config: Config) -> Store:
+    """The store the config names. A SQLite file that is not a database is a
+    `StartupError` naming it: unlike a store that is down for a while (siesta then runs
+    degraded and writes again later), it would never answer."""
+    path = config.store_path
+    if path is not None and path.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.DatabaseError as exc:
+            damaged = "not a database" in str(exc) or "malformed" in str(exc)
+            problem = "not a SQLite database (or a damaged one)" if damaged else str(exc)
+            raise StartupError(f"store {path}: {problem}") from exc
+    return open_store(config.store, config.instance_id)
+
+
 def _lock_state_dir(state_dir: Path) -> IO[str]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / "siesta.lock", "w")  # noqa: SIM115 - held for the process's life
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(state_dir / "siesta.lock", "w")  # noqa: SIM115 - held for the process's life
+    except OSError as exc:
+        raise StartupError(f"state folder {state_dir}: {_os_problem(exc)}") from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -389,8 +450,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))  # a HUP while starting waits
     try:
         await app.start()
+        if app.reload_asked:
+            _reload(app)
         follow_up: asyncio.Task[None] | None = None
         if ready is not None:
             result = ready(app)
@@ -404,8 +468,21 @@ async def serve(
     finally:
         log.info("shutting down")
         await app.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _reload(app: Siesta) -> None:
+    """SIGHUP: read the config file again and apply it (or keep the running one)."""
+    app.reload_asked = app.reloader is None
+    if app.reloader is not None:
+        task = asyncio.ensure_future(app.reloader.reload())
+        task.add_done_callback(_reload_done)
+
+
+def _reload_done(task: asyncio.Future[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reload failed: %s", task.exception())
 
 
 async def _then_set(awaitable: Awaitable[None], event: asyncio.Event) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
-import logging.handlers
-import queue
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -16,11 +16,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich import box
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from siesta import record, replay
+from siesta import __version__, logconfig, record, replay
 from siesta.adminclient import AdminClient, AdminError, NotRunning, read_token
 from siesta.config import Config, ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration, parse_duration
@@ -28,13 +27,13 @@ from siesta.core.model import State, Transition
 from siesta.core.policy import CLOCK_SIGNALS
 from siesta.store import open_store
 from siesta.store.base import SessionRecord
-from siesta.styles import STATE_STYLE
+from siesta.styles import STATE_STYLE, styled, transition, when
 
 app = typer.Typer(
     name="siesta",
     help="Session-aware scale-to-zero: backends sleep when idle and wake on the next request.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="markdown",  # paragraphs re-flow to the terminal's width
 )
 config_app = typer.Typer(help="Validate the config file or print its schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -50,10 +49,35 @@ app.add_typer(policy_app, name="policy")
 
 console = Console()
 err = Console(stderr=True)
+log = logging.getLogger("siesta")
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The config file.", show_default=True)
 ]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON (times in ISO 8601 with their offset).")
+]
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        from siesta._native import compiled
+
+        hot_path = "compiled hot path" if compiled() else "pure Python"
+        console.print(f"siesta {__version__} ({hot_path})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Session-aware scale-to-zero: backends sleep when idle and wake on the next request."""
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
@@ -65,51 +89,56 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool) -> logging.handlers.QueueListener:
-    """Log through a queue: records are formatted and written by a thread, so a wake's
-    log lines cost the event loop a queue put, not a terminal write."""
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
-    handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
-    queued = logging.handlers.QueueHandler(records)
-    queued.setFormatter(logging.Formatter("%(message)s"))  # the default would prefix the level
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[queued])
-    listener = logging.handlers.QueueListener(records, handler)
-    listener.start()
-    return listener
+class LogFormat(enum.StrEnum):
+    """How `siesta up` writes its log (see `siesta.logconfig`)."""
+
+    text = "text"
+    json = "json"
 
 
 @app.command()
 def up(
     config: ConfigOption = Path("siesta.yaml"),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging, with tracebacks.")
+    ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar=logconfig.FORMAT_ENV,
+            help="text (plain lines with ISO times outside a terminal) or json (one "
+            "object a line).",
+        ),
+    ] = LogFormat.text,
 ) -> None:
     """Run the gateway and the controller until Ctrl-C or SIGTERM."""
-    from siesta.api import AdminListenError
-    from siesta.app import AlreadyRunning, install_uvloop, serve
+    from siesta.app import StartupError, install_uvloop, serve
 
     conf = _load(config)
-    listener = _logging(verbose)
+    listener = logconfig.start(log_format.value, sys.stderr, verbose)
     install_uvloop()
 
     def announce(_app: object) -> None:
         gw = conf.gateway
-        from siesta._native import COMPILED
+        from siesta._native import compiled
 
-        hot_path = "compiled with mypyc" if COMPILED else "pure Python"
-        err.print(f"siesta listening on http://{gw.listen} ({gw.routing} routing, {hot_path})")
+        hot_path = "compiled with mypyc" if compiled() else "pure Python"
+        log.info(
+            "siesta listening on http://%s (%s routing, %s)",
+            gw.listen,
+            gw.routing,
+            hot_path,
+            extra=logconfig.fields(address=gw.listen),
+        )
 
     try:
         asyncio.run(serve(conf, ready=announce))
-    except AlreadyRunning as exc:
-        err.print(f"[red]error[/red] {exc}", soft_wrap=True)
+    except StartupError as exc:
+        log.error("%s: %s", conf.path, exc, extra=logconfig.fields(path=str(conf.path)))
         raise typer.Exit(1) from None
-    except AdminListenError as exc:
-        err.print(f"[red]error[/red] {conf.path}: {exc.strerror}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        where = f"{conf.path}: gateway.listen {conf.gateway.listen}"
-        err.print(f"[red]error[/red] {where}: {exc.strerror or exc}", soft_wrap=True)
+    except Exception as exc:
+        log.error("siesta stopped: %s", exc, exc_info=exc)  # the traceback with --verbose
         raise typer.Exit(1) from None
     finally:
         listener.stop()
@@ -125,33 +154,46 @@ def demo(
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
         ".siesta/demo"
     ),
+    admin_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Admin API port (0: off). Default: the gateway's port + 1, or a free one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Three sessions of a bundled demo app, a short idle timeout and a live table."""
+    """Sessions of a bundled demo app (one slow to start), a short idle timeout, a live
+    table, and the admin API for the other commands."""
     from siesta.demo.run import run_demo
 
-    raise typer.Exit(run_demo(console, port=port, idle=idle, state_dir=state_dir, traffic=traffic))
+    code = run_demo(
+        console, port=port, idle=idle, state_dir=state_dir, traffic=traffic, admin_port=admin_port
+    )
+    raise typer.Exit(code)
 
 
 @app.command()
-def status(config: ConfigOption = Path("siesta.yaml")) -> None:
+def status(config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = False) -> None:
     """Sessions with their state, idle and awake time and next policy check.
 
     Asks the running siesta (admin API); when it is not running, shows what it last
     stored, and says so.
     """
     conf = _load(config)
-    host, port = conf.gateway.admin_address
     try:
-        sessions = AdminClient(host, port, read_token(conf.state_dir), timeout=5.0).sessions()
+        sessions = _admin_of(conf, timeout=5.0).sessions()
     except NotRunning as exc:
-        _status_from_store(conf, str(exc))
+        _status_from_store(conf, str(exc), as_json)
         return
     except AdminError as exc:
         _fail(exc)
-    console.print(_sessions_table(sessions, labels=False))
+    if as_json:
+        _print_json({"running": True, "sessions": sessions})
+    else:
+        console.print(_sessions_table(sessions, labels=False))
 
 
-def _status_from_store(conf: Config, why: str) -> None:
+def _status_from_store(conf: Config, why: str, as_json: bool) -> None:
     """The table from the state siesta last stored (it is not running)."""
     path = conf.store_path
     if path is not None and not path.exists():
@@ -163,6 +205,15 @@ def _status_from_store(conf: Config, why: str) -> None:
         err.print(f"{why}, and its store cannot be read: {exc}")
         raise typer.Exit(1) from None
     now = time.time()
+    if as_json:
+        _print_json(
+            {
+                "running": False,
+                "why": why,
+                "sessions": [_record_json(r, last.get(r.id)) for r in records],
+            }
+        )
+        return
     table = Table(
         "session", "template", "state", "idle for", "awake for", "next policy check", "last event"
     )
@@ -187,6 +238,20 @@ def _status_from_store(conf: Config, why: str) -> None:
     )
 
 
+def _record_json(record: SessionRecord, event: Transition | None) -> dict[str, Any]:
+    """A stored session as `status --json` shows it when siesta is not running."""
+    return {
+        "id": record.id,
+        "template": record.template,
+        "labels": record.labels,
+        "state": record.state.value,
+        "pid": record.pid,
+        "last_seen": None if not record.last_seen else when(record.last_seen),
+        "updated": None if not record.updated else when(record.updated),
+        "last_event": None if event is None else event.reason,
+    }
+
+
 async def _stored(conf: Config) -> tuple[list[SessionRecord], dict[str, Transition]]:
     """The stored sessions, and each one's last event."""
     store = open_store(conf.store, conf.instance_id)
@@ -200,8 +265,15 @@ async def _stored(conf: Config) -> tuple[list[SessionRecord], dict[str, Transiti
 
 
 @config_app.command("check")
-def config_check(path: Annotated[Path, typer.Argument(help="The config file.")]) -> None:
+def config_check(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="The config file (or give it with -c).", show_default=False),
+    ] = None,
+    config: ConfigOption = Path("siesta.yaml"),
+) -> None:
     """Validate a config file; print each problem with its line and key."""
+    path = path or config
     conf = _load(path)
     console.print(
         f"[green]ok[/green] {path}: {len(conf.templates)} template(s), "
@@ -223,12 +295,18 @@ SessionArg = Annotated[str, typer.Argument(help="The session id.", show_default=
 def _client(config: Path) -> tuple[AdminClient, Config]:
     """A client of the admin API of the siesta that runs with `config`."""
     conf = _load(config)
-    host, port = conf.gateway.admin_address
     try:
-        token = read_token(conf.state_dir)
+        return _admin_of(conf), conf
     except AdminError as exc:
         _fail(exc)
-    return AdminClient(host, port, token), conf
+
+
+def _admin_of(conf: Config, timeout: float = 10.0) -> AdminClient:
+    """A client of the admin API `conf` describes; `NotRunning` when it is off."""
+    address = conf.gateway.admin_address
+    if address is None:
+        raise NotRunning(f"{conf.path}: the admin API is off (gateway.admin_listen: off)")
+    return AdminClient(*address, read_token(conf.state_dir), timeout=timeout)
 
 
 def _fail(exc: AdminError) -> NoReturn:
@@ -240,26 +318,28 @@ def _fail(exc: AdminError) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _state(state: str) -> str:
-    style = STATE_STYLE.get(State(state), "") if state in State.__members__ else ""
-    return f"[{style}]{state}[/]" if style else state
+_state = styled
 
 
 @sessions_app.command("list")
-def sessions_list(config: ConfigOption = Path("siesta.yaml")) -> None:
+def sessions_list(config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = False) -> None:
     """Sessions of the running siesta, with their state and activity."""
     client, _ = _client(config)
     try:
         sessions = client.sessions()
     except AdminError as exc:
         _fail(exc)
-    console.print(_sessions_table(sessions, labels=True))
+    if as_json:
+        _print_json(sessions)
+    else:
+        console.print(_sessions_table(sessions, labels=True))
 
 
 def _sessions_table(sessions: list[dict[str, Any]], *, labels: bool) -> Table:
     """Sessions as the admin API lists them: state, idle and awake time, next check."""
     columns = ["session", "template", "state", "idle for", "awake for", "next policy check"]
-    table = Table(*columns, *(["labels"] if labels else []))
+    failed = any(s.get("failure") for s in sessions)
+    table = Table(*columns, *(["labels"] if labels else []), *(["last failure"] if failed else []))
     for s in sessions:
         cells = [
             s["id"],
@@ -272,6 +352,10 @@ def _sessions_table(sessions: list[dict[str, Any]], *, labels: bool) -> Table:
         ]
         if labels:
             cells.append(", ".join(f"{k}={v}" for k, v in s["labels"].items()))
+        if failed:
+            retry = s.get("retry_in")
+            later = f" (retry in {format_duration(retry)})" if retry else ""
+            cells.append(escape(s.get("failure") or "") + later)
         table.add_row(*cells)
     return table
 
@@ -376,20 +460,21 @@ def events(
         bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")
     ] = False,
     config: ConfigOption = Path("siesta.yaml"),
+    as_json: JsonOption = False,
 ) -> None:
     """Sleeps, wakes and every other transition, oldest first."""
     client, _ = _client(config)
     try:
         past = client.events(session)
         for event in past:
-            _print_event(event)
+            _print_event(event, as_json)
         if not follow:
             return
         # Everything after the last event listed (or all, when none was): an event that
         # happens while the stream connects is replayed, never lost.
         since = past[-1]["at"] if past else 0.0
         for event in client.stream(session, since=since):
-            _print_event(event)
+            _print_event(event, as_json)
     except AdminError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -398,7 +483,9 @@ def events(
 
 
 @policy_app.command("explain")
-def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml")) -> None:
+def policy_explain(
+    session: SessionArg, config: ConfigOption = Path("siesta.yaml"), as_json: JsonOption = False
+) -> None:
     """Each rule of a session's policy with the signal values it reads, whether it holds,
     and when the session would sleep if nothing but time changed."""
     client, _ = _client(config)
@@ -406,7 +493,10 @@ def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml
         answer = client.explain(session)
     except AdminError as exc:
         _fail(exc)
-    _print_explanation(answer)
+    if as_json:
+        _print_json(answer)
+    else:
+        _print_explanation(answer)
 
 
 def _print_explanation(answer: dict[str, Any]) -> None:
@@ -442,8 +532,8 @@ def _print_decision(decision: dict[str, Any]) -> None:
     reason = escape(decision["reason"])
     console.print(f"decision: {verdict} ({reason})", highlight=False, soft_wrap=True)
     if decision["sleep_in"] is not None and not decision["sleep"]:
-        when = datetime.fromtimestamp(decision["sleep_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        fires = f"would sleep in {format_duration(decision['sleep_in'])} (at {when})"
+        at = when(decision["sleep_at"])
+        fires = f"would sleep in {format_duration(decision['sleep_in'])} (at {at})"
         console.print(f"next: {fires} if nothing but time changes", highlight=False)
     elif not decision["sleep"]:
         console.print(
@@ -557,12 +647,11 @@ def policy_record(
 
 
 def _print_replay(report: replay.Report, timeline: bool) -> None:
-    start = datetime.fromtimestamp(report.start, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    end = datetime.fromtimestamp(report.end, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    start = datetime.fromtimestamp(report.start, UTC).isoformat(timespec="seconds")
+    end = datetime.fromtimestamp(report.end, UTC).isoformat(timespec="seconds")
     span = format_duration(report.end - report.start)
     console.print(
-        f"replayed {start} to {end} UTC ({span}), wakes taking "
-        f"{format_duration(report.wake_seconds)}",
+        f"replayed {start} to {end} ({span}), wakes taking {format_duration(report.wake_seconds)}",
         highlight=False,
     )
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -688,15 +777,23 @@ def advise(
         console.print(advising.render(found))
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    when = datetime.fromtimestamp(event["at"]).strftime("%Y-%m-%d %H:%M:%S")
+def _print_event(event: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:  # one object a line, --follow included
+        _print_json({**event, "time": when(event["at"])})
+        return
     took = f" (woke in {event['wake_seconds']:.2f}s)" if event.get("wake_seconds") else ""
     console.print(
-        f"{when} {event['session']} {_state(event['old'])} -> {_state(event['new'])}"
-        f"  {event['reason']}{took}",
+        f"{when(event['at'])} {event['session']} {transition(event['old'], event['new'])}"
+        f"  {escape(event['reason'])}{took}",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _print_json(value: Any) -> None:
+    """`value` as JSON on stdout, one line, for scripts (no colours, no wrapping)."""
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

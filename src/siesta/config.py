@@ -8,9 +8,11 @@ becomes one line of a `ConfigError`: `siesta.yaml:14 templates.web.command: ...`
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
@@ -33,7 +35,7 @@ from pydantic_core import ErrorDetails
 
 from siesta.core import activity
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
-from siesta.core.duration import parse_duration
+from siesta.core.duration import DurationLiteralError, cel_durations, parse_duration
 from siesta.core.ignore import JUPYTER_IGNORE, ActivityFilter
 from siesta.core.policy import (
     PROVIDER_SIGNALS,
@@ -121,6 +123,11 @@ def _duration(default: str, description: str) -> Any:
         description=description,
         json_schema_extra={"default": default},
     )
+
+
+def _off(value: object) -> object:
+    """`off` (which YAML also reads as false) means no listener."""
+    return None if value is False or value == "off" else value
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -235,11 +242,17 @@ class GatewayConf(_Model):
         "gets 431. 64 KiB: above the 8 to 16 KiB most servers allow, so large cookies "
         "pass, while memory per connection stays bounded.",
     )
-    admin_listen: str = Field(
+    admin_listen: Annotated[
+        str | None,
+        BeforeValidator(_off),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"const": "off"}, {"const": False}]}),
+    ] = Field(
         default="127.0.0.1:8081",
-        description="Address of the admin API and /metrics, as host:port. Loopback by "
-        "default: the API can wake, sleep and delete sessions, so it is kept off the "
-        "network unless asked for (it also requires a token).",
+        description="Address of the admin API and /metrics, as host:port, or off for none "
+        "(then the CLI's status, sessions, wake, sleep, events and policy explain cannot "
+        "reach this siesta). Loopback by default: the API can wake, sleep and delete "
+        "sessions, so it is kept off the network unless asked for (it also requires a "
+        "token).",
     )
     drain_timeout: Duration = _duration(
         "10s",
@@ -269,8 +282,9 @@ class GatewayConf(_Model):
 
     @field_validator("listen", "admin_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
         return value
 
     @property
@@ -284,9 +298,9 @@ class GatewayConf(_Model):
         return parse_listen(self.listen)[1]
 
     @property
-    def admin_address(self) -> tuple[str, int]:
-        """`admin_listen` as (host, port)."""
-        return parse_listen(self.admin_listen)
+    def admin_address(self) -> tuple[str, int] | None:
+        """`admin_listen` as (host, port); None when it is off."""
+        return None if self.admin_listen is None else parse_listen(self.admin_listen)
 
 
 class ReadyConf(_Model):
@@ -527,6 +541,15 @@ class TemplateConf(_Model):
         description="Working directory of the backend; a relative path is taken from the "
         "config file's folder. Unset by default: the backend inherits siesta's.",
     )
+    failure_log_lines: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Lines of the backend's log a browser sees on the failure page when the "
+        "session cannot start (with the reason and a countdown to the next try); 0 shows "
+        "none. 20: enough for a traceback's end. Sessions behind auth never show their log "
+        "there: it may hold what their users must not read.",
+    )
     max_start_failures: int = Field(
         default=3,
         ge=1,
@@ -693,6 +716,45 @@ class TemplateConf(_Model):
     def _resolve_cwd(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolved(value, info)
 
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        for loc, text, known in self._templated():
+            problems += [(loc, message) for message in placeholder_problems(text, known)]
+        if problems:
+            raise _NestedProblems(problems)
+        return self
+
+    def _templated(self) -> list[tuple[Loc, str, tuple[str, ...]]]:
+        """Every text with placeholders: where it is, and the placeholders it may use."""
+        found: list[tuple[Loc, str, tuple[str, ...]]] = [
+            (("command", i), arg, PLACEHOLDERS) for i, arg in enumerate(self.command)
+        ]
+        found += [(("env", key), value, PLACEHOLDERS) for key, value in self.env.items()]
+        found += [(("volumes", i), v, PLACEHOLDERS) for i, v in enumerate(self.volumes)]
+        if self.address is not None:
+            found.append((("address",), self.address, ("session",)))
+        return found
+
+
+PLACEHOLDERS = ("port", "host", "session", "base_url")
+"""What a template's command, env and volumes may name in braces, filled at each start."""
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def placeholder_problems(text: str, known: tuple[str, ...]) -> list[str]:
+    """One message per `{name}` in `text` that is not one of `known`, with a guess."""
+    problems = []
+    for name in dict.fromkeys(_PLACEHOLDER.findall(text)):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        guess = f": did you mean {{{close[0]}}}?" if close else ""
+        listed = ", ".join(f"{{{k}}}" for k in known)
+        problems.append(f"unknown placeholder {{{name}}}{guess} (known: {listed})")
+    return problems
+
 
 class SessionConf(_Model):
     """A session known at start-up: which template it runs, and its labels."""
@@ -788,7 +850,9 @@ class PolicyConf(_Model):
             if source is None:
                 continue
             try:
-                rules[key] = compile_rule(key, source)
+                rules[key] = compile_rule(key, cel_durations(source))
+            except DurationLiteralError as exc:  # one grammar for the config and CEL
+                problems.append(((key,), str(PolicyError(key, str(exc), source, exc.offset))))
             except PolicyError as exc:
                 problems.append(((key,), str(exc)))
         if (self.warn is None) != (self.warn_before is None):
@@ -1219,7 +1283,7 @@ def _app_keys(source: str) -> set[str]:
     return set(_APP_KEY.findall(_HAS_APP_KEY.sub("", source))) - tested
 
 
-def _unknown_template(name: str, templates: dict[str, TemplateConf]) -> str:
+def _unknown_template(name: str, templates: Collection[str]) -> str:
     """The message for a session naming a template that does not exist."""
     known = ", ".join(templates) or "none are defined"
     return f"unknown template {name!r} (known: {known})"
@@ -1267,7 +1331,29 @@ def _build(text: str, source: str, base_dir: Path, path: Path | None) -> Config:
     try:
         return Config.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, source, lines)) from exc
+        problems = _problems(exc, source, lines)
+        linked = [  # checked after the structure: found here too, so one pass shows all
+            _problem_line(source, lines.line_of(loc), loc, message)
+            for loc, message in _unknown_templates(data)
+        ]
+        raise ConfigError(list(dict.fromkeys(problems + linked))) from exc
+
+
+def _unknown_templates(data: Any) -> list[tuple[Loc, str]]:
+    """Sessions naming a template the file does not define, read from the raw data."""
+    if not isinstance(data, dict):
+        return []
+    templates, sessions = data.get("templates"), data.get("sessions")
+    if not isinstance(templates, dict) or not isinstance(sessions, dict):
+        return []
+    names = [str(t) for t in templates]
+    return [
+        (("sessions", sid, "template"), _unknown_template(spec["template"], names))
+        for sid, spec in sessions.items()
+        if isinstance(spec, dict)
+        and isinstance(spec.get("template"), str)
+        and spec["template"] not in templates
+    ]
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, _LineMap]:
@@ -1319,8 +1405,8 @@ class _LineMap:
             return
         self._active.add(id(node))
         for child, start, value in self._children(node, loc):
-            self._record(child, start)
-            self._walk(value, child)
+            if self._record(child, start):  # a duplicate is one problem, not one per key in it
+                self._walk(value, child)
         self._active.discard(id(node))
 
     @staticmethod
@@ -1332,13 +1418,15 @@ class _LineMap:
             return [((*loc, index), item, item) for index, item in enumerate(node.value)]
         return []
 
-    def _record(self, loc: Loc, node: yaml.Node) -> None:
+    def _record(self, loc: Loc, node: yaml.Node) -> bool:
+        """Note where `loc` is; False (and a problem) when it was already there."""
         key, line = tuple(str(part) for part in loc), node.start_mark.line + 1
         first = self._lines.get(key)
         if first is None or loc[-1] == "<<":
             self._lines[key] = line
-        else:
-            self.duplicates.append((loc, line, f"duplicate key (first at line {first})"))
+            return True
+        self.duplicates.append((loc, line, f"duplicate key (first at line {first})"))
+        return False
 
 
 def _key_text(node: yaml.Node) -> str:

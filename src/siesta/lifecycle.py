@@ -24,6 +24,7 @@ from siesta.core.clock import Clock, SystemClock
 from siesta.core.lifecycle import after_failed_start, backoff_delay, check_transition
 from siesta.core.model import Endpoint, Session, State, Transition
 from siesta.health import Health
+from siesta.logconfig import fields
 from siesta.providers.base import Provider, RunningBackend
 from siesta.readiness import NotReady, ReadySpec, wait_ready
 from siesta.store.base import Batch, Registration, SessionRecord, Store
@@ -403,6 +404,7 @@ class Lifecycle:
             self._notify(session, old)
             return
         session.failures = 0
+        session.failure = ""
         self._mark_awake_now(session)
         self._move(session, State.AWAKE, reason, wake_seconds=self._clock.monotonic() - began)
 
@@ -453,6 +455,7 @@ class Lifecycle:
         return lambda: self._provider.alive(session.id)
 
     def _start_failed(self, session: Session, why: str) -> None:
+        session.failure = why
         template = self._templates[session.template]
         session.failures += 1
         new = after_failed_start(session.failures, template.max_start_failures)
@@ -629,7 +632,22 @@ class Lifecycle:
     ) -> None:
         event = Transition(session.id, self._clock.time(), old, session.state, reason, wake_seconds)
         self._save(session, event)
-        log.info("%s: %s -> %s (%s)", session.id, old, session.state, reason)
+        took = "" if wake_seconds is None else f" in {wake_seconds:.2f}s"
+        log.info(
+            "%s: %s -> %s%s (%s)",
+            session.id,
+            old,
+            session.state,
+            took,
+            reason,
+            extra=fields(
+                session=session.id,
+                state=session.state.value,
+                old_state=old.value,
+                reason=reason,
+                duration=wake_seconds,
+            ),
+        )
         for observer in self.observers:
             try:
                 observer(event)

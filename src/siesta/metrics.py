@@ -8,22 +8,46 @@ so the gateway does no extra work per request.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from siesta import __version__
 from siesta.core.model import Session, State, Transition
 from siesta.ledger import RUNNING
 from siesta.lifecycle import Lifecycle
+
+# No *_created twin of every counter: siesta's start time is process_start_time_seconds.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 SLEEP_REASONS = ("idle", "policy", "backend_exit", "shutdown", "admin")
 """The `reason` label of `siesta_sleeps_total`: a short class, never the free text."""
 
 WAKE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 """Seconds: from a small app's sub-second start to a slow one near the 60s wake timeout."""
+
+
+def build_info() -> dict[str, str]:
+    """The labels of siesta_build_info: version, Python, and which hot path runs."""
+    from siesta._native import compiled
+
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "hot_path": "compiled" if compiled() else "pure",
+    }
 
 
 def sleep_reason_class(reason: str) -> str:
@@ -57,6 +81,9 @@ class SiestaMetrics:
         controller: Callable[[], object | None],
     ):
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds...
+        PlatformCollector(registry=self.registry)  # python_info
+        Info("siesta_build", "The siesta that runs.", registry=self.registry).info(build_info())
         self._lifecycle = lifecycle
         self._held = held
         self._controller = controller

@@ -50,19 +50,23 @@ TRACE_HELP = """\
 The trace is CSV with the columns time,session,event,value (a header row with
 those names is optional; blank lines and lines starting with # are skipped):
 
-  time     ISO 8601 (2026-03-02T09:15:00+01:00; no offset means UTC), or seconds
-           since the epoch
-  session  a session listed under `sessions:` in the config (it names the template,
-           hence the policy)
-  event    request     one request (value: bytes moved, optional); wakes the session
-                       if it is asleep
-           bytes       bytes moved without a new request (value: how many), e.g.
-                       websocket messages: activity, but no wake
-           connect     a connection opens, e.g. a websocket; wakes it if asleep
-           disconnect  a connection closes
-           cpu         the backend's cpu_percent from now on (value: a number)
-           app         the activity probe's `app` map from now on (value: a JSON
-                       object, quoted as CSV quotes: "{""busy_kernels"": 1}")
+    time     ISO 8601 (2026-03-02T09:15:00+01:00; no offset
+             means UTC), or seconds since the epoch
+    session  a session under `sessions:` in the config (it
+             names the template, hence the policy)
+    event    request     one request (value: bytes moved,
+                         optional); wakes the session if asleep
+             bytes       bytes moved without a new request
+                         (value: how many), e.g. websocket
+                         messages: activity, but no wake
+             connect     a connection opens, e.g. a websocket;
+                         wakes it if asleep
+             disconnect  a connection closes
+             cpu         the backend's cpu_percent from now on
+                         (value: a number)
+             app         the activity probe's `app` map from now
+                         on (value: a JSON object, quoted as CSV
+                         quotes: "{""busy_kernels"": 1}")
 
 Rows need not be sorted. Every session is followed from the trace's first row to its
 last (that span is its always-on time) and starts asleep.

@@ -11,6 +11,6 @@ reads events from the store.
 """
 
 from siesta.api.auth import load_token
-from siesta.api.server import AdminListenError, AdminServer
+from siesta.api.server import AdminServer
 
-__all__ = ["AdminListenError", "AdminServer", "load_token"]
+__all__ = ["AdminServer", "load_token"]

@@ -83,6 +83,7 @@ def session_info(session: Session, now: float, next_due: float | None) -> Sessio
         requests=activity.requests,
         bytes=activity.bytes,
         failures=session.failures,
+        failure=session.failure or None,
         retry_in=max(0.0, session.retry_at - now) if session.state is State.FAILED else None,
     )
 

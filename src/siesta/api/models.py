@@ -45,6 +45,9 @@ class SessionInfo(BaseModel):
     requests: int
     bytes: int
     failures: int = Field(description="failed starts in a row")
+    failure: str | None = Field(
+        default=None, description="why the last start failed; null once a start succeeds"
+    )
     retry_in: float | None = Field(description="seconds until a FAILED session may wake again")
 
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
@@ -24,10 +23,6 @@ from siesta.savings.keeper import LedgerKeeper
 from siesta.store.base import Store
 
 log = logging.getLogger("siesta.api")
-
-
-class AdminListenError(OSError):
-    """The admin listener could not bind `gateway.admin_listen`."""
 
 
 class _Server(uvicorn.Server):
@@ -72,7 +67,9 @@ class AdminServer:
 
     async def start(self) -> tuple[str, int]:
         """Bind `gateway.admin_listen` and serve; return the bound address."""
-        host, port = self.config.gateway.admin_address
+        address = self.config.gateway.admin_address
+        assert address is not None, "gateway.admin_listen is off: no AdminServer is made"
+        host, port = address
         sock = _bind(host, port)  # first: a token made by a start that fails is never shown
         self.token, created = load_token(self.config.state_dir, os.environ)
         server = _Server(
@@ -88,10 +85,9 @@ class AdminServer:
         self._server = server
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name="admin API")
         self._task.add_done_callback(_report_exit)
-        if created:
+        if created:  # shown once, where siesta's log goes: the operator needs it
             path = self.config.state_dir / TOKEN_FILE
-            sys.stderr.write(f"siesta admin token (saved in {path}): {self.token}\n")
-            sys.stderr.flush()
+            log.info("siesta admin token (saved in %s): %s", path, self.token)
         bound = sock.getsockname()
         return str(bound[0]), int(bound[1])
 
@@ -107,12 +103,7 @@ class AdminServer:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=128)
-    except OSError as exc:
-        raise AdminListenError(
-            exc.errno, f"gateway.admin_listen {host}:{port}: {exc.strerror or exc}"
-        ) from exc
+    return socket.create_server((host, port), family=family, backlog=128)
 
 
 def _report_exit(task: asyncio.Task[None]) -> None:

@@ -95,3 +95,34 @@ def _compound(total: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+_CEL_DURATION = re.compile(r"""\bduration\(\s*(["'])([^"'\\]*)\1\s*\)""")
+
+
+class DurationLiteralError(ValueError):
+    """A `duration("...")` in a rule that the config's grammar does not read; `offset` is
+    where its text starts in the rule."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
+
+
+def cel_durations(source: str) -> str:
+    """`source` with each `duration("...")` written so that CEL reads it as the config
+    does: one grammar for both ("1d" becomes "24h"; CEL has no days). Raises
+    `DurationLiteralError` for a literal the grammar refuses."""
+
+    def rewrite(match: re.Match[str]) -> str:
+        quote, text = match[1], match[2]
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise DurationLiteralError(f'duration("{text}"): {exc}', match.start(2)) from None
+        if "d" not in text:
+            return match[0]  # CEL reads it as it is: keep the rule as written
+        whole = f"{seconds:f}".rstrip("0").rstrip(".")  # never an exponent: CEL wants digits
+        return f"duration({quote}{whole}s{quote})"
+
+    return _CEL_DURATION.sub(rewrite, source)

@@ -113,6 +113,7 @@ class Session:
     failures: int = 0
     retry_at: float = 0.0  # monotonic; a FAILED session refuses wakes before this
     created: float = 0.0  # wall clock
+    failure: str = ""  # why the last start failed ("" once a start succeeds)
     fence: int = 0  # fencing token of the wake that started the current backend
 
     def __post_init__(self) -> None:

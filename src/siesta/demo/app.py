@@ -268,6 +268,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--session", required=True, help="the session id to show")
     parser.add_argument("--base-url", default="/", help="URL prefix the gateway uses")
     parser.add_argument(
+        "--start-delay",
+        type=float,
+        default=0.0,
+        help="seconds to wait before listening: a slow app, to see the waiting page",
+    )
+    parser.add_argument(
         "--tick-interval",
         type=float,
         default=1.0,
@@ -279,6 +285,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve the demo app for one session until stopped."""
     args = parse_args(argv)
+    time.sleep(max(0.0, args.start_delay))
     state = DemoState(
         session=args.session,
         base_url=normalize_base_url(args.base_url),

@@ -20,26 +20,34 @@ from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from siesta.app import AlreadyRunning, Siesta, install_uvloop, serve
-from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, StoreConf, TemplateConf
+from siesta.app import AlreadyRunning, Siesta, StartupError, install_uvloop, serve
+from siesta.config import Config, load_config
 from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import Session, State, Transition
 from siesta.httpclient import async_client
 from siesta.store.sqlite import SqliteStore
-from siesta.styles import STATE_STYLE
+from siesta.styles import styled, transition, when
 
 HOST = "127.0.0.1"
 TEMPLATE = "demo"
 SESSIONS = {"alice": "gold", "bob": "silver", "carol": "bronze"}
 """The demo's sessions and their `tier` label."""
+
+SLOW = "dave"
+"""A session whose app takes SLOW_START seconds to start: its wake shows the waiting page
+(not in the scripted traffic, whose summary is about the others)."""
+SLOW_TEMPLATE = "slow-demo"
+SLOW_START = 4.0  # seconds: well past the gateway's waiting_page_after (1s)
 
 STOP_GRACE = 3.0  # seconds: the demo app exits at once on SIGTERM
 REFRESH_EVERY = 0.25  # seconds between two frames of the live table
@@ -74,23 +82,42 @@ err = Console(stderr=True)
 # --- entry point ------------------------------------------------------------------------
 
 
-def run_demo(console: Console, *, port: int, idle: str, state_dir: Path, traffic: bool) -> int:
-    """Run the demo until Ctrl-C (or, with `traffic`, until the scenario ends); the exit code."""
+def run_demo(
+    console: Console,
+    *,
+    port: int,
+    idle: str,
+    state_dir: Path,
+    traffic: bool,
+    admin_port: int | None = None,
+) -> int:
+    """Run the demo until Ctrl-C (or, with `traffic`, until the scenario ends); the exit code.
+
+    The admin API listens on `admin_port` (0: off), by default the gateway's port + 1, or
+    a free port when that one is taken."""
     try:
         idle_timeout = _idle_seconds(idle)
     except ValueError as exc:
         return _fail(f"--idle: {exc}", code=2)
     problem = port_problem(port)
+    if problem is None and admin_port:
+        problem = port_problem(admin_port, option="--admin-port")
     if problem is not None:
         return _fail(problem)
-    demo = Demo(console, demo_config(port, idle_timeout, state_dir), traffic)
+    if admin_port is None:
+        admin_port = port + 1 if port < 65535 and port_problem(port + 1) is None else _free_port()
+    config = demo_config(port, idle_timeout, state_dir, admin_port=admin_port, slow=not traffic)
+    demo = Demo(console, config, traffic)
     install_uvloop()
     try:
-        asyncio.run(serve(demo.config, ready=demo.ready, admin=False))
+        asyncio.run(serve(demo.config, ready=demo.ready))
     except AlreadyRunning as exc:
         return _fail(f"{exc}: stop it first, or pick another folder with --state-dir")
-    except OSError as exc:
-        return _fail(_listen_error(port, exc))
+    except StartupError as exc:
+        cause = exc.__cause__
+        if str(exc).startswith("gateway.listen") and isinstance(cause, OSError):
+            return _fail(_listen_error(port, cause))
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
     return demo.finish()
@@ -108,37 +135,61 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def demo_config(port: int, idle: float, state_dir: Path) -> Config:
-    """The demo's config, built in code: no file needed."""
-    template = TemplateConf(
-        command=[sys.executable, "-m", "siesta.demo", "--port", "{port}", "--session", "{session}"],
-        ready=ReadyConf(http="/healthz"),
-        idle_timeout=idle,
-        stop_grace=STOP_GRACE,
-    )
-    sessions = {
-        sid: SessionConf(template=TEMPLATE, labels={"tier": tier}) for sid, tier in SESSIONS.items()
+def demo_config(
+    port: int, idle: float, state_dir: Path, *, admin_port: int | None = None, slow: bool = False
+) -> Config:
+    """The demo's config, written to <state_dir>/siesta.yaml (so that `siesta status -c`
+    and the other commands can reach the demo through its admin API) and loaded."""
+    app = [sys.executable, "-m", "siesta.demo", "--port", "{port}", "--session", "{session}"]
+    template = {"command": app, "ready": {"http": "/healthz"}, "idle_timeout": idle}
+    templates: dict[str, Any] = {TEMPLATE: {**template, "stop_grace": STOP_GRACE}}
+    sessions: dict[str, Any] = {
+        sid: {"template": TEMPLATE, "labels": {"tier": tier}} for sid, tier in SESSIONS.items()
     }
-    return Config(
-        gateway=GatewayConf(listen=f"{HOST}:{port}", routing="path", waiting_page="auto"),
-        store=StoreConf(location=str(state_dir.expanduser().absolute() / "state.db")),
-        templates={TEMPLATE: template},
-        sessions=sessions,
-    )
+    if slow:
+        command = [*app, "--start-delay", str(SLOW_START)]
+        templates[SLOW_TEMPLATE] = {**templates[TEMPLATE], "command": command}
+        sessions[SLOW] = {"template": SLOW_TEMPLATE, "labels": {"tier": "slow start"}}
+    folder = state_dir.expanduser().absolute()
+    config = {
+        "gateway": {
+            "listen": f"{HOST}:{port}",
+            "admin_listen": f"{HOST}:{admin_port}" if admin_port else "off",
+            "waiting_page": "auto",
+        },
+        "store": str(folder / "state.db"),
+        "templates": templates,
+        "sessions": sessions,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "siesta.yaml"
+    path.write_text("# written by `siesta demo`\n" + yaml.safe_dump(config, sort_keys=False))
+    return load_config(path)
+
+
+def demo_sessions(config: Config) -> list[str]:
+    """The sessions the demo shows, in order."""
+    return [sid for sid in (*SESSIONS, SLOW) if sid in config.sessions]
 
 
 # --- the gateway's port -----------------------------------------------------------------
 
 
-def port_problem(port: int) -> str | None:
-    """Why the gateway could not listen on `port`, in one line; None if it can."""
+def port_problem(port: int, option: str = "--port") -> str | None:
+    """Why siesta could not listen on `port`, in one line; None if it can."""
     if not 1 <= port <= 65535:
-        return f"port {port} is out of range: pick one from 1024 to 65535 with --port"
+        return f"port {port} is out of range: pick one from 1024 to 65535 with {option}"
     try:
         _try_bind(port)
     except OSError as exc:
-        return _listen_error(port, exc)
+        return _listen_error(port, exc, option)
     return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _try_bind(port: int) -> None:
@@ -148,22 +199,23 @@ def _try_bind(port: int) -> None:
         sock.bind((HOST, port))
 
 
-def _listen_error(port: int, exc: OSError) -> str:
+def _listen_error(port: int, exc: OSError, option: str = "--port") -> str:
     if exc.errno == errno.EADDRINUSE:
-        return f"port {port} on {HOST} is already in use: pick another with --port{_hint(port)}"
+        hint = _hint(port, option)
+        return f"port {port} on {HOST} is already in use: pick another with {option}{hint}"
     if exc.errno == errno.EACCES:
-        return f"port {port} needs privileges: pick one above 1023 with --port"
+        return f"port {port} needs privileges: pick one above 1023 with {option}"
     return f"cannot start the demo on {HOST}:{port}: {exc.strerror or exc}"
 
 
-def _hint(port: int) -> str:
+def _hint(port: int, option: str) -> str:
     """The hint ", e.g. --port N" for a nearby port that is free right now, or nothing."""
     for candidate in range(port + 1, min(port + 50, 65536)):
         try:
             _try_bind(candidate)
         except OSError:
             continue
-        return f", e.g. --port {candidate}"
+        return f", e.g. {option} {candidate}"
     return ""
 
 
@@ -278,15 +330,32 @@ def _read_events(store_path: Path, since: float) -> list[Transition]:
 
 def _introduce(console: Console, config: Config, traffic: bool) -> None:
     idle = config.templates[TEMPLATE].idle_timeout
+    shown = demo_sessions(config)
     console.print(
-        f"\n[bold]siesta demo[/bold]: {len(SESSIONS)} sessions of a small demo app, "
+        f"\n[bold]siesta demo[/bold]: {len(shown)} sessions of a small demo app, "
         "each with its own backend process, behind one gateway.\n"
     )
     base = f"http://{config.gateway.listen}"
-    for sid, tier in SESSIONS.items():
-        console.print(f"  {sid:<6} [dim]{tier:<7}[/dim] {base}/s/{sid}/", highlight=False)
+    for sid in shown:
+        tier = config.sessions[sid].labels.get("tier", "")
+        console.print(f"  {sid:<6} [dim]{tier:<10}[/dim] {base}/s/{sid}/", highlight=False)
     console.print()
     console.print(_scenario_text(idle) if traffic else _explanation(idle), highlight=False)
+    if SLOW in shown:
+        console.print(
+            f"{SLOW}'s app takes {format_duration(SLOW_START)} to start: open it to see the "
+            "waiting page, which turns into the app by itself.",
+            highlight=False,
+        )
+    if config.gateway.admin_listen is not None:
+        path = config.path
+        console.print(
+            f"Admin API: http://{config.gateway.admin_listen}/docs (its token is in "
+            f"{config.state_dir / 'admin-token'}). Try, in another terminal: "
+            f"[bold]siesta status -c {path}[/bold], or "
+            f"[bold]siesta policy explain alice -c {path}[/bold].",
+            highlight=False,
+        )
     console.print(f"[dim]state and backend logs: {config.state_dir}[/dim]\n", highlight=False)
 
 
@@ -334,7 +403,8 @@ class SessionsView:
 
     def render(self) -> Group:
         """One frame."""
-        sessions = [s for s in self.app.lifecycle.sessions.values() if s.id in SESSIONS]
+        known = self.app.lifecycle.sessions
+        sessions = [known[sid] for sid in (*SESSIONS, SLOW) if sid in known]
         recent = list(self.recent)
         now = time.monotonic()
         return Group(
@@ -370,7 +440,7 @@ def _session_cells(session: Session, now: float) -> list[str]:
     awake_for = format_duration(now - session.awake_since) if session.awake_since else ""
     return [
         session.id,
-        f"[{STATE_STYLE[session.state]}]{session.state.lower()}[/]",
+        styled(session.state.value),
         idle_for,
         awake_for,
         str(activity.connections),
@@ -387,9 +457,9 @@ def events_table(events: Sequence[Transition]) -> Table:
         table.add_row("[dim]no transitions yet: open a URL above to wake a session[/dim]")
     for event in events:
         table.add_row(
-            f"[dim]{time.strftime('%H:%M:%S', time.localtime(event.at))}[/dim]",
+            f"[dim]{when(event.at)}[/dim]",
             event.session,
-            f"{event.old.lower()} → [{STATE_STYLE[event.new]}]{event.new.lower()}[/]",
+            transition(event.old.value, event.new.value),
             f"[dim]{_why(event)}[/dim]",
         )
     return table

@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING
 
 from siesta.core.model import Session, State
 from siesta.lifecycle import WakeError
+from siesta.logconfig import fields
 
 from .client import COLD
-from .pages import waiting_page
+from .http import new_event_id
+from .pages import failure_page, waiting_page
 
 if TYPE_CHECKING:
     from .client import ClientConnection, Request
     from .server import Gateway
 
 log = logging.getLogger("siesta.gateway")
+
+FAILURE_LOG_TIMEOUT = 2.0  # seconds to read a backend's log for the failure page
 
 
 class Activator:
@@ -82,6 +86,9 @@ class Activator:
             why = f"session {session.id!r} did not wake within {gw.wake_timeout:g}s"
             self._unavailable(conn, req, why, 5.0)
         except WakeError as exc:
+            if gw.waiting_page and _wants_page(req):
+                await self._failure_page(conn, req, session, exc)
+                return
             why = f"session {session.id!r} could not be woken"
             # the error may name commands and paths: for the log only
             self._unavailable(conn, req, why, exc.retry_after, detail=str(exc))
@@ -138,6 +145,36 @@ class Activator:
         elif req is conn.current and not conn.closing and session.endpoint is not None:
             req.hold = None
             conn.forward(req, session.endpoint)
+
+    async def _failure_page(
+        self, conn: ClientConnection, req: Request, session: Session, exc: WakeError
+    ) -> None:
+        """A browser's answer to a start that failed: the reason, the end of the backend's
+        log (where the template allows it), and a countdown to the next try."""
+        try:
+            shown = await asyncio.wait_for(self.gw.failure_log(session), FAILURE_LOG_TIMEOUT)
+        except Exception:  # no log is no reason to withhold the page
+            shown = None
+        if req is not conn.current or conn.closing:
+            return
+        retry = max(1, math.ceil(exc.retry_after))
+        event = new_event_id()
+        why = session.failure or str(exc)
+        log.warning(
+            "%s: start failed, failure page shown (event %s): %s",
+            session.id,
+            event,
+            exc,
+            extra=fields(session=session.id, event_id=event, reason=why),
+        )
+        conn.respond(
+            req,
+            503,
+            "could not start",
+            headers=((b"Retry-After", str(retry).encode()), (b"X-Siesta-Event", event.encode())),
+            body=failure_page(session.id, why, retry, event, shown).encode(),
+            content_type=b"text/html; charset=utf-8",
+        )
 
     def _waiting_page(
         self, conn: ClientConnection, req: Request, session: Session, wake: asyncio.Future[Session]

@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from siesta.core.ignore import ActivityFilter
@@ -94,6 +94,8 @@ class Gateway:
         self.now = time.monotonic
         self.pool = UpstreamPool()
         self.activator = Activator(self)
+        self.failure_log: Callable[[Session], Awaitable[str | None]] = _no_log
+        """The end of a session's backend log for the failure page (None: not shown)."""
         self.connections: set[ClientConnection] = set()
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -162,3 +164,7 @@ class Gateway:
                         conn.expire()
                     except Exception:  # one bad connection never stops the sweeper
                         log.exception("closing an expired connection failed")
+
+
+async def _no_log(session: Session) -> str | None:
+    return None

@@ -146,6 +146,9 @@ class LocalProvider:
         if self._procs.get(session) is proc:
             del self._procs[session]
         reason = _exit_reason(proc)
+        if not proc.stopping:  # in its log too: the failure page and `siesta logs` show it
+            with contextlib.suppress(OSError), open(self._log_dir / f"{session}.log", "a") as log:
+                log.write(f"--- siesta: {reason}\n")
         proc.exited.set()
         if not proc.stopping:  # a stop deals with the rest itself, with its grace
             self._clean_up(session)
