@@ -23,7 +23,8 @@ lint: $(STAMP)
 
 test: lint
 	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
-		dockerd:docker.io busybox:busybox-static ip:iproute2 openssl:openssl
+		redis-server:redis-server dockerd:docker.io busybox:busybox-static ip:iproute2 \
+		openssl:openssl
 	$(BIN)/pytest -q
 
 bench: compiled
@@ -31,7 +32,9 @@ bench: compiled
 	bash scripts/system-packages.sh dockerd:docker.io busybox:busybox-static
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/controller.py
+	$(BIN)/python bench/savings.py
 	$(BIN)/python bench/docker.py
+	$(BIN)/python bench/readiness.py
 
 # The hot path compiled with mypyc into build/mypyc/; used while its sources are unchanged
 # (see src/siesta/_native.py). `make pure` goes back to Python; so does SIESTA_PURE=1.

@@ -3,14 +3,14 @@
 The claim (issue 3): the controller evaluates only sessions that are due, so
 100,000 registered sessions with 10,000 awake keep it under 5% of one core at rest.
 
-What runs is real: a `Lifecycle` on a `SqliteStore` in a temp dir, the policy
+What runs is real: a `Lifecycle` on a `ThreadedSqlite` store in a temp dir, the policy
 compiled by `Config`, and the `Controller`'s own `run()` loop on the real clock
 (uvloop, and the garbage-collector tuning `siesta.app` applies after start-up).
 Only the provider is a stand-in (`StandInProvider`): it starts no process. Starting
 10,000 real backends is not the point; the controller's cost is. Sessions are
 therefore marked awake the way `Lifecycle._run_wake` does it, minus the provider's
 start and the readiness poll (`simulate_wake`): ASLEEP -> WAKING -> AWAKE, each move
-checked, written to the store with its event and announced to the lifecycle's
+checked, handed to the store's write-behind queue with its event and announced to the lifecycle's
 listeners (the controller's among them, which schedules the session's first check),
 with an endpoint, `awake_since` and `activity.last_activity` set before AWAKE.
 
@@ -84,7 +84,8 @@ from siesta.core.policy import Decision, Policy, Signals
 from siesta.lifecycle import Lifecycle
 from siesta.providers.base import BackendStatus, ExitHandler, RunningBackend
 from siesta.store.base import SessionRecord
-from siesta.store.sqlite import SqliteStore
+from siesta.store.sqlite import ThreadedSqlite
+from siesta.store.writer import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -187,7 +188,7 @@ class Listened:
 
 def simulate_wake(
     lifecycle: Lifecycle,
-    store: SqliteStore,
+    store: Recorder,
     session: Session,
     reason: str,
     *,
@@ -212,7 +213,7 @@ def simulate_wake(
 
 def _move(
     lifecycle: Lifecycle,
-    store: SqliteStore,
+    store: Recorder,
     session: Session,
     new: State,
     reason: str,
@@ -233,10 +234,10 @@ def _move(
     listened.cpu += time.process_time() - began
 
 
-def _save(store: SqliteStore, session: Session, event: Transition | None = None) -> None:
-    """`Lifecycle._save`: the session's row, and its event, in one transaction."""
+def _save(store: Recorder, session: Session, event: Transition | None = None) -> None:
+    """`Lifecycle._save`: the session's row, and its event, to the write-behind queue."""
     record = SessionRecord.of(session, time.time())
-    store.save(record, event)
+    store.record(record, event)
 
 
 class AwakeSet:
@@ -388,7 +389,7 @@ class Traffic:
     def __init__(
         self,
         lifecycle: Lifecycle,
-        store: SqliteStore,
+        store: Recorder,
         awake: AwakeSet,
         ids: list[str],
         rng: random.Random,
@@ -459,9 +460,9 @@ async def bench(seconds: float, tmp: Path) -> dict[str, Any]:
 
     # -- setup: register, restore, wake 10,000 -------------------------------------
     began = time.perf_counter()
-    store = SqliteStore(config.store)
     provider = StandInProvider()
-    lifecycle = Lifecycle(config.templates, store, provider)
+    lifecycle = Lifecycle(config.templates, ThreadedSqlite(config.store_path), provider)
+    store = lifecycle.recorder
     await lifecycle.start(Population(REGISTERED))
     ids = list(lifecycle.sessions)  # the sessions' own id strings: nothing extra is held
     registered_in = time.perf_counter() - began
@@ -548,7 +549,8 @@ async def bench(seconds: float, tmp: Path) -> dict[str, Any]:
         began = time.process_time()
         Siesta._write_activity(flush)  # type: ignore[arg-type]
         flush_times.append(time.process_time() - began)
-    store.close()
+    await lifecycle.recorder.flush(60.0)
+    await lifecycle.store.close()
 
     controller_cpu = cpu - simulated
     checks = len(timings.checks) + len(timings.check_sleeps)

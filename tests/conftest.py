@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -29,6 +30,8 @@ from siesta.store.sqlite import SqliteStore
 from .dockerd import docker_engine  # noqa: F401 - the session's Docker daemon, as a fixture
 
 BACKEND = str(Path(__file__).with_name("backend.py"))
+START_DEADLINE = 60.0
+"""Seconds siesta gets to listen: a deadline, not a speed claim (a loaded machine is slow)."""
 
 
 def free_port() -> int:
@@ -90,14 +93,29 @@ class SiestaProcess:
     def url(self, session: str, path: str = "/") -> str:
         return f"{self.base}/s/{session}{path}"
 
+    @property
+    def admin_port(self) -> int:
+        gateway = yaml.safe_load(self.config.read_text())["gateway"]
+        return int(gateway["admin_listen"].rpartition(":")[2])
+
+    def settle(self) -> None:
+        """Wait until siesta's write-behind queue has made every record durable (a
+        poll of /healthz with a deadline), so that the store shows what siesta did."""
+        if self.proc.poll() is not None:
+            return
+        wait_for(lambda: _pending_writes(self.admin_port) == 0, what="pending writes")
+
     def state(self, session: str) -> State:
+        self.settle()
         store = SqliteStore(self.state_dir / "state.db")
         try:
             return next(r.state for r in store.sessions() if r.id == session)
         finally:
             store.close()
 
-    def records(self) -> dict[str, Any]:
+    def records(self, *, settle: bool = True) -> dict[str, Any]:
+        if settle:
+            self.settle()
         store = SqliteStore(self.state_dir / "state.db")
         try:
             return {r.id: r for r in store.sessions()}
@@ -105,6 +123,7 @@ class SiestaProcess:
             store.close()
 
     def events(self, session: str | None = None) -> list[Any]:
+        self.settle()
         store = SqliteStore(self.state_dir / "state.db")
         try:
             return store.events(session)
@@ -114,8 +133,8 @@ class SiestaProcess:
     def start_count(self) -> int:
         return len(self.starts.read_text().splitlines()) if self.starts.exists() else 0
 
-    def backend_pids(self) -> list[int]:
-        return [r.pid for r in self.records().values() if r.pid]
+    def backend_pids(self, *, settle: bool = True) -> list[int]:
+        return [r.pid for r in self.records(settle=settle).values() if r.pid]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -124,6 +143,15 @@ class SiestaProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def _pending_writes(admin_port: int) -> int | None:
+    """Writes siesta has not made durable yet, from /healthz (None if it does not answer)."""
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=5)
+        return int(answer.json()["pending_writes"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
 
 
 Launcher = Callable[..., SiestaProcess]
@@ -142,6 +170,7 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         policies: dict[str, Any] | None = None,
         port: int | None = None,
         config_dir: Path | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> SiestaProcess:
         folder = config_dir or tmp_path
         port = port or free_port()
@@ -158,6 +187,7 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         }
         if policies is not None:
             config["policies"] = policies
+        config.update(extra or {})  # other top-level sections, e.g. savings
         path = folder / "siesta.yaml"
         path.write_text(yaml.safe_dump(config))
         log = folder / f"siesta-{len(running)}.log"
@@ -174,7 +204,11 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         handle = SiestaProcess(proc, port, path, folder / "state", log, starts)
         running.append(handle)
         try:
-            wait_for(lambda: proc.poll() is not None or accepts(port), what="siesta to listen")
+            wait_for(
+                lambda: proc.poll() is not None or accepts(port),
+                timeout=START_DEADLINE,
+                what="siesta to listen",
+            )
         except AssertionError:
             raise AssertionError(f"siesta did not start:\n{handle.output()}") from None
         if proc.poll() is not None:
@@ -183,7 +217,7 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
 
     yield launch
     for handle in running:
-        pids = [p for p in handle.backend_pids() if psutil.pid_exists(p)]
+        pids = [p for p in _backends_of(handle) if psutil.pid_exists(p)]
         if handle.proc.poll() is None:
             handle.proc.send_signal(signal.SIGTERM)
             try:
@@ -193,6 +227,17 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         for pid in pids:  # never leave a backend behind, even when a test failed
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _backends_of(handle: SiestaProcess) -> list[int]:
+    """Backends to clean up after a test: siesta's children, and the pids it stored (the
+    store is read as it is: a test may have left it broken)."""
+    pids: set[int] = set()
+    with contextlib.suppress(psutil.Error):
+        pids.update(c.pid for c in psutil.Process(handle.proc.pid).children())
+    with contextlib.suppress(Exception):
+        pids.update(handle.backend_pids(settle=False))
+    return sorted(pids)
 
 
 def raw(port: int, data: bytes, *, until_close: bool = True, timeout: float = 10.0) -> bytes:

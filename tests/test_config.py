@@ -54,7 +54,7 @@ def test_good_config_loads_with_defaults_and_resolved_paths(tmp_path: Path) -> N
     assert config.gateway.wake_timeout == 120.0
     assert config.gateway.routing == "path"
     assert config.gateway.keepalive_timeout == 75.0
-    assert config.store == tmp_path.resolve() / "state" / "siesta.db"
+    assert config.store_path == tmp_path.resolve() / "state" / "siesta.db"
     assert config.state_dir == tmp_path.resolve() / "state"
     assert config.log_dir == tmp_path.resolve() / "state" / "logs"
     web, plain = config.templates["web"], config.templates["plain"]
@@ -76,7 +76,7 @@ def test_minimal_config_defaults_everything_but_templates(tmp_path: Path) -> Non
     assert config.path is None
     assert config.gateway.listen == "127.0.0.1:8080"
     assert config.gateway.port == 8080
-    assert config.store == tmp_path.resolve() / ".siesta" / "state.db"
+    assert config.store_path == tmp_path.resolve() / ".siesta" / "state.db"
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
@@ -291,7 +291,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
     assert caught.value.problems == [
         "siesta.yaml:1: must be a mapping with the keys: "
-        "gateway, store, templates, sessions, policies, keda, instance"
+        "gateway, store, templates, sessions, policies, keda, savings, instance"
     ]
 
 

@@ -19,10 +19,10 @@ import pytest
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.core.lifecycle import TransitionError, backoff_delay, check_transition
-from siesta.core.model import State
+from siesta.core.model import State, Transition
 from siesta.lifecycle import Lifecycle
 from siesta.providers.local import LocalProvider
-from siesta.store.sqlite import SqliteStore
+from siesta.store.sqlite import ThreadedSqlite
 from siesta.testing import FakeClock
 
 MINUTE = 60.0
@@ -58,12 +58,12 @@ MakeWorld = Callable[[dict[str, Any] | None], Awaitable[World]]
 @pytest.fixture
 async def make_world(tmp_path: Path) -> AsyncIterator[MakeWorld]:
     """Builds a lifecycle and controller sharing a fake clock; backends are real processes."""
-    built: list[tuple[Lifecycle, Controller, SqliteStore]] = []
+    built: list[tuple[Lifecycle, Controller, ThreadedSqlite]] = []
 
     async def make(policy: dict[str, Any] | None = None) -> World:
         config = _config(tmp_path, policy)
         clock = FakeClock()
-        store = SqliteStore(config.store)
+        store = ThreadedSqlite(config.store_path)
         provider = LocalProvider(config.templates, tmp_path / "logs")
         lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
         await lifecycle.start(config.sessions)
@@ -77,7 +77,7 @@ async def make_world(tmp_path: Path) -> AsyncIterator[MakeWorld]:
     for lifecycle, controller, store in built:
         await controller.close()
         await lifecycle.shutdown()
-        store.close()
+        await store.close()
 
 
 @pytest.fixture
@@ -86,8 +86,14 @@ async def world(make_world: MakeWorld) -> World:
     return await make_world(None)
 
 
-def _stop_reason(lifecycle: Lifecycle, session: str = "alice") -> str:
-    return next(e for e in lifecycle._store.events(session) if e.new is State.STOPPING).reason
+async def _events(lifecycle: Lifecycle, session: str = "alice") -> list[Transition]:
+    """The stored events of `session`, once the write-behind queue has written them."""
+    assert await lifecycle.recorder.flush(10.0)
+    return await lifecycle.store.events(session)
+
+
+async def _stop_reason(lifecycle: Lifecycle, session: str = "alice") -> str:
+    return next(e for e in await _events(lifecycle, session) if e.new is State.STOPPING).reason
 
 
 async def test_sleeps_exactly_when_idle_timeout_is_reached(world: World) -> None:
@@ -104,7 +110,7 @@ async def test_sleeps_exactly_when_idle_timeout_is_reached(world: World) -> None
     assert session.state is State.ASLEEP
     assert pid is not None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert _stop_reason(lifecycle) == (
+    assert await _stop_reason(lifecycle) == (
         'idle_timeout: idle_for >= duration("15m") && inflight == 0 [idle_for=15m, inflight=0]'
     )
     assert controller.next_due("alice") is None
@@ -150,7 +156,7 @@ async def test_request_racing_a_sleep_wakes_the_session_again(world: World) -> N
     assert await sleeping is True
     assert session.state is State.AWAKE
     assert session.pid != first
-    moves = [(e.old, e.new) for e in lifecycle._store.events("alice")]
+    moves = [(e.old, e.new) for e in await _events(lifecycle)]
     assert moves[-4:] == [
         (State.AWAKE, State.STOPPING),
         (State.STOPPING, State.ASLEEP),
@@ -234,7 +240,7 @@ async def test_a_policy_sleeps_exactly_when_its_rule_becomes_true(make_world: Ma
     assert await controller.tick() == ["alice"]
     await controller.close()
     assert session.state is State.ASLEEP
-    assert _stop_reason(lifecycle) == (
+    assert await _stop_reason(lifecycle) == (
         'sleep_when: idle_for > duration("10m") && connections == 0 [idle_for=10m, connections=0]'
     )
 
@@ -252,7 +258,7 @@ async def test_not_before_min_awake(make_world: MakeWorld) -> None:
     clock.advance(0.1)
     assert await controller.tick() == ["alice"]
     await controller.close()
-    assert _stop_reason(lifecycle) == ('sleep_when: idle_for >= duration("1m") [idle_for=5m]')
+    assert await _stop_reason(lifecycle) == ('sleep_when: idle_for >= duration("1m") [idle_for=5m]')
 
 
 async def test_at_max_lifetime_however_busy(make_world: MakeWorld) -> None:
@@ -271,7 +277,7 @@ async def test_at_max_lifetime_however_busy(make_world: MakeWorld) -> None:
     clock.advance(0.1)
     assert await controller.tick() == ["alice"]
     await controller.close()
-    assert _stop_reason(lifecycle) == "max_lifetime: awake for 30m >= 30m"
+    assert await _stop_reason(lifecycle) == "max_lifetime: awake for 30m >= 30m"
 
 
 async def test_keep_awake_when_wins(make_world: MakeWorld) -> None:
@@ -433,7 +439,7 @@ async def test_cpu_and_memory_come_from_the_provider(make_world: MakeWorld) -> N
     assert controller.next_due("alice") == clock.monotonic()  # fetched at the check
     assert await controller.tick() == ["alice"]
     await controller.close()
-    reason = _stop_reason(lifecycle)
+    reason = await _stop_reason(lifecycle)
     assert reason.startswith("sleep_when: memory_bytes > 1000000 && cpu_percent >= 0.0")
     assert "[memory_bytes=" in reason
 

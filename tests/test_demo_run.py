@@ -25,7 +25,7 @@ from rich.console import Console
 
 from siesta.core.model import State, Transition
 from siesta.demo import run as demo_run
-from siesta.demo.run import parse_status, percentile, running_seconds
+from siesta.demo.run import percentile, running_seconds
 from siesta.store.sqlite import SqliteStore
 
 DEMO_TIMEOUT = 120.0
@@ -181,12 +181,3 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([0.3, 0.1, 0.2], 0.95) == 0.3
     assert percentile([0.4], 0.5) == 0.4
     assert percentile([], 0.5) is None
-
-
-def test_parse_status_reads_the_code_and_refuses_the_rest() -> None:
-    """A status line gives its code; a closed connection or garbage is a ValueError."""
-    assert parse_status(b"HTTP/1.1 503 Service Unavailable\r\n") == 503
-    with pytest.raises(ValueError, match="closed"):
-        parse_status(b"")
-    with pytest.raises(ValueError, match="not an HTTP status line"):
-        parse_status(b"SSH-2.0-OpenSSH\r\n")

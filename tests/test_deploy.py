@@ -294,7 +294,8 @@ def test_siesta_deployment() -> None:
     assert config.keda.address[1] == ports["grpc"]
     assert config.gateway.host == config.gateway.admin_address[0] == "0.0.0.0"
     assert config.keda.address[0] == "0.0.0.0"
-    assert config.store.is_relative_to("/var/lib/siesta")
+    assert config.store_path is not None
+    assert config.store_path.is_relative_to("/var/lib/siesta")
 
 
 def _ports_by_name(workload: dict[str, Any]) -> dict[str, int]:

@@ -30,7 +30,7 @@ from siesta.keda.scaler import ExternalScaler
 from siesta.lifecycle import Lifecycle
 from siesta.providers.base import StartError
 from siesta.providers.keda import KedaProvider, endpoint_of
-from siesta.store.sqlite import SqliteStore
+from siesta.store.sqlite import ThreadedSqlite
 from siesta.testing import FakeClock
 
 from .conftest import free_port
@@ -339,7 +339,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
         }
     )
     clock = FakeClock()
-    store = SqliteStore(config.store)
+    store = ThreadedSqlite(config.store_path)
     provider = KedaProvider(config.templates)
     lifecycle = Lifecycle(config.templates, store, provider, clock=clock)
     await lifecycle.start(config.sessions)
@@ -364,7 +364,7 @@ async def test_is_active_follows_the_policy_on_a_fake_clock(
     finally:
         await controller.close()
         await lifecycle.shutdown()
-        store.close()
+        await store.close()
 
 
 def test_endpoint_from_address() -> None:

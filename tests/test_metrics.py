@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from siesta.core.model import Session, State, Transition
+from siesta.health import Health
 from siesta.metrics import SiestaMetrics, sleep_reason_class
 
 from .admin import client, launch_admin
@@ -52,7 +53,9 @@ def samples(metrics: SiestaMetrics) -> dict[tuple[str, tuple[tuple[str, str], ..
 
 
 def fake(sessions: dict[str, Session], held: int = 0, controller: Any = None) -> SiestaMetrics:
-    lifecycle: Any = SimpleNamespace(observers=[], sessions=sessions)
+    lifecycle: Any = SimpleNamespace(
+        observers=[], sessions=sessions, health=Health(), recorder=SimpleNamespace(pending=0)
+    )
     metrics = SiestaMetrics(lifecycle, lambda: held, lambda: controller)
     assert lifecycle.observers == [metrics.observe]
     return metrics

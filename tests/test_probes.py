@@ -194,7 +194,7 @@ async def test_the_client_reads_every_kind_of_body(raw_server: Any, answer: Answ
 
 
 async def test_the_client_sends_a_plain_get_with_the_headers(raw_server: Any) -> None:
-    """One GET, HTTP/1.1, with Host, the given headers and Connection: close."""
+    """One GET, HTTP/1.1, with Host, the given headers and siesta's User-Agent."""
     seen: list[bytes] = []
 
     def answer(head: bytes) -> bytes:
@@ -207,7 +207,7 @@ async def test_the_client_sends_a_plain_get_with_the_headers(raw_server: Any) ->
     assert lines[0] == "GET /api/status?x=1 HTTP/1.1"
     assert f"Host: {endpoint}" in lines
     assert "Authorization: token t" in lines
-    assert "Connection: close" in lines
+    assert any(line.lower().startswith("user-agent: siesta/") for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ the event log; and GET /api/savings on a real `siesta up`."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,68 @@ def test_api_savings_per_session_template_and_total(
     assert savings["region"]["code"] == "WORLD"
     assert "OpenCost" in savings["sources"]["prices"]
     assert "Cloud Carbon Footprint" in savings["sources"]["energy"]
+
+
+class Meter:
+    """A sampler's answers (siesta.resources.Sampler.totals), given by the test."""
+
+    def __init__(self) -> None:
+        self.cpu, self.memory, self.fail = 0.0, 0.0, False
+
+    def totals(self, session_id: str) -> Any:
+        if self.fail:
+            raise RuntimeError("sampler down")
+        return Used(self.cpu, self.memory, 2**30)
+
+
+@dataclass(frozen=True)
+class Used:
+    cpu_seconds: float
+    memory_gib_hours: float
+    peak_memory_bytes: int
+
+
+def test_usage_from_the_sampler_when_asleep_and_live(tmp_path: Path) -> None:
+    """The sampler's sleep hook adds an awake period's use (30 CPU-seconds over its 62s
+    run: 0.484 cores at peak); while awake again, the snapshot adds what the sampler
+    counted since (its totals minus what was already added); a failing sampler shows
+    no live use, never an error."""
+    store = SqliteStore(tmp_path / "state.db")
+    life = Lifecycle()
+    life.add("alice", created=0.0)
+    meter = Meter()
+    keeper = LedgerKeeper(store, life, clock=lambda: 500.0)
+    keeper.measure_with(meter)
+    for event in cycle("alice", 0.0):
+        life.emit(event)
+    meter.cpu, meter.memory = 30.0, 0.5
+    keeper.on_usage("alice", Used(30.0, 0.5, 2**30))
+    (stored,) = store.accounts()
+    assert (stored.cpu_seconds, stored.memory_gib_hours) == (30.0, 0.5)
+    assert stored.peak_cores == pytest.approx(30 / 62)
+    life.emit(Transition("alice", 200.0, Z, W, "request"))
+    life.emit(Transition("alice", 201.0, W, A, "request", 1.0))
+    meter.cpu, meter.memory = 40.0, 0.75
+    (alice,) = keeper.snapshot(500.0)
+    assert (alice.cpu_seconds, alice.memory_gib_hours) == (40.0, 0.75)
+    meter.fail = True
+    (alice,) = keeper.snapshot(500.0)
+    assert alice.cpu_seconds == 30.0
+    keeper.on_usage("nobody", Used(1.0, 1.0, 1))  # an unknown session is ignored
+
+
+def test_a_damaged_ledger_row_is_skipped_and_rebuilt(tmp_path: Path) -> None:
+    """A ledger row that is not a valid account (a damaged file, a bad write) is
+    skipped with a warning, not an error; the keeper rebuilds that session's account
+    from its events, and the report carries on."""
+    store = SqliteStore(tmp_path / "state.db")
+    store.register("alice", "web", {}, 0.0)
+    for event in cycle("alice", 0.0):
+        store.save(store.sessions()[0], event)
+    store._db.execute("INSERT INTO ledger (session, data) VALUES ('alice', '{\"wakes\": 1}')")
+    store._db.execute("INSERT INTO ledger (session, data) VALUES ('bob', 'not json')")
+    assert store.accounts() == []
+    life = Lifecycle()
+    life.add("alice", created=0.0)
+    (alice,) = LedgerKeeper(store, life, clock=lambda: 100.0).snapshot()
+    assert (alice.wakes, alice.awake_seconds) == (1, 62)

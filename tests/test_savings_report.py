@@ -189,3 +189,21 @@ def test_hourly_intensity_files(tmp_path: Path) -> None:
         carbon.parse_hourly("noon,1\n", "e.csv")
     with pytest.raises(carbon.IntensityFileError, match=r"f\.csv:1: hour 24"):
         carbon.parse_hourly("24,1\n", "f.csv")
+
+
+def test_charts_say_how_to_get_matplotlib_when_it_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without matplotlib (an optional dependency) a chart is refused with the install
+    hint, never an ImportError; the report's numbers need no charts."""
+    from siesta.savings import charts
+
+    conf = load_config(example_config(tmp_path))
+    snap = offline.from_trace(conf, EXAMPLES / "trace.csv", 0.0)
+    built = reporting.build(snap.accounts, conf.savings, model_of(conf), snap.end)
+    assert "<svg" in charts.templates(built)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(charts.ChartsUnavailable, match=r"pip install 'siesta\[charts\]'"):
+        charts.intensity(built)
+    assert reporting.to_json(built)["total"]["wakes"] == 13

@@ -1,4 +1,4 @@
-"""A small client of the admin API: the standard library only, JSON in and out.
+"""A small client of the admin API (httpx), JSON in and out.
 
 Used by the CLI (`siesta sessions`, `wake`, `sleep`, `events`) to talk to a running
 siesta. The token comes from `SIESTA_ADMIN_TOKEN`, or from the `admin-token` file
@@ -7,15 +7,17 @@ that siesta writes into its state folder at first start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
+
+import httpx
+
+from siesta.httpclient import sync_client
 
 TOKEN_FILE = "admin-token"
 """The file in the state folder holding the admin token (mode 0600)."""
@@ -56,13 +58,15 @@ def _connect_host(host: str) -> str:
 
 
 class AdminClient:
-    """Calls the admin API of the siesta listening at `host:port`."""
+    """Calls the admin API of the siesta listening at `host:port` (over httpx)."""
 
     def __init__(self, host: str, port: int, token: str | None, timeout: float = 10.0):
         host = _connect_host(host)
         self.base_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.token = token
         self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = sync_client(self.base_url, timeout, headers)
 
     # -- endpoints ----------------------------------------------------------------
 
@@ -93,26 +97,33 @@ class AdminClient:
         path = f"/api/sessions/{_quote(session_id)}/sleep"
         return dict(self.request("POST", path, timeout=timeout))
 
+    def explain(self, session_id: str) -> dict[str, Any]:
+        """A session's policy read against its signals now."""
+        return dict(self.request("GET", f"/api/sessions/{_quote(session_id)}/explain"))
+
     def logs(self, session_id: str, lines: int) -> str:
         """The last `lines` lines of the session's backend log."""
-        path = f"/api/sessions/{_quote(session_id)}/logs" + _query(lines=lines)
-        return str(self.request("GET", path)["log"])
+        path = f"/api/sessions/{_quote(session_id)}/logs"
+        return str(self.request("GET", path, params=_params(lines=lines))["log"])
 
     def events(
         self, session: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
         """Stored events, oldest first."""
-        return list(self.request("GET", "/api/events" + _query(session=session, since=since)))
+        return list(
+            self.request("GET", "/api/events", params=_params(session=session, since=since))
+        )
 
     def stream(
         self, session: str | None = None, since: float | None = None, timeout: float = 60.0
     ) -> Iterator[dict[str, Any]]:
         """New events as they happen (server-sent events), until the server ends the stream."""
-        path = "/api/events/stream" + _query(session=session, since=since)
-        with self._open("GET", path, None, timeout, accept="text/event-stream") as response:
+        params = _params(session=session, since=since)
+        with self._call(
+            "GET", "/api/events/stream", None, timeout, params, accept="text/event-stream"
+        ) as response:
             data: list[str] = []
-            for raw in response:
-                line = raw.decode("utf-8").rstrip("\r\n")
+            for line in _lines(response):
                 if line.startswith("data:"):
                     data.append(line[5:].strip())
                 elif not line and data:
@@ -122,65 +133,99 @@ class AdminClient:
     # -- transport ----------------------------------------------------------------
 
     def request(
-        self, method: str, path: str, body: object = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        timeout: float | None = None,
+        params: dict[str, str] | None = None,
     ) -> Any:
         """Send one request; the decoded JSON answer, or `AdminError`."""
-        with self._open(method, path, body, timeout or self.timeout) as response:
-            payload = response.read()
+        with self._call(method, path, body, timeout or self.timeout, params) as response:
+            payload = _read(response, self.base_url, timeout or self.timeout)
         return json.loads(payload) if payload else None
 
-    def _open(
+    @contextlib.contextmanager
+    def _call(
         self,
         method: str,
         path: str,
         body: object,
         timeout: float,
+        params: dict[str, str] | None = None,
         accept: str = "application/json",
-    ) -> HTTPResponse:
-        headers = {"Accept": accept}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(
-            self.base_url + path, data=data, headers=headers, method=method
+    ) -> Iterator[httpx.Response]:
+        """The streamed answer to one request, once its status says it succeeded."""
+        request = self._http.build_request(
+            method,
+            path,
+            json=body,
+            params=params,
+            headers={"Accept": accept},
+            timeout=timeout,
         )
         try:
-            response: HTTPResponse = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            raise _http_error(exc) from None
-        except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from None
-        except TimeoutError:
+            response = self._http.send(request, stream=True)
+        except httpx.TimeoutException:
             raise AdminError(f"no answer within {timeout:g}s from {self.base_url}") from None
-        return response
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        try:
+            if response.is_error:
+                response.read()
+                raise _http_error(response)
+            yield response
+        finally:
+            response.close()
 
-    def _unreachable(self, reason: object) -> AdminError:
-        if isinstance(reason, ConnectionRefusedError):
+    def _unreachable(self, exc: httpx.TransportError) -> AdminError:
+        if isinstance(exc, httpx.ConnectError) and _refused(exc):
             return NotRunning(
                 f"siesta is not running: nothing listens at {self.base_url} (gateway.admin_listen)"
             )
-        if isinstance(reason, TimeoutError):
-            return AdminError(f"siesta did not answer at {self.base_url}")
-        return AdminError(f"cannot reach siesta at {self.base_url}: {reason}")
+        return AdminError(f"cannot reach siesta at {self.base_url}: {exc or type(exc).__name__}")
 
 
-def _http_error(exc: urllib.error.HTTPError) -> AdminError:
+def _refused(exc: BaseException | None) -> bool:
+    """Whether a connection refusal is behind `exc` (httpx wraps httpcore's error)."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError) or "Connection refused" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _read(response: httpx.Response, base_url: str, timeout: float) -> bytes:
+    try:
+        return response.read()
+    except httpx.TimeoutException:
+        raise AdminError(f"no answer within {timeout:g}s from {base_url}") from None
+    except httpx.TransportError as exc:
+        raise AdminError(f"siesta at {base_url} broke off its answer: {exc}") from None
+
+
+def _lines(response: httpx.Response) -> Iterator[str]:
+    """The lines of a streamed answer; the end of the stream when the connection breaks."""
+    try:
+        yield from response.iter_lines()
+    except httpx.TransportError:
+        return
+
+
+def _http_error(response: httpx.Response) -> AdminError:
     """An error answer as `AdminError`, with the API's own message when it sent one."""
     try:
-        body = json.loads(exc.read() or b"{}")
-    except (ValueError, OSError):
+        body = response.json()
+    except ValueError:
         body = {}
     message = body.get("error") if isinstance(body, dict) else None
     retry = body.get("retry_after") if isinstance(body, dict) else None
-    if exc.code == 401:
+    if response.status_code == 401:
         hint = f"set {TOKEN_ENV}, or give the config (-c) of that siesta"
         message = f"{message or 'unauthorized'}: {hint}"
     return AdminError(
-        str(message or f"HTTP {exc.code} {exc.reason}"),
-        status=exc.code,
+        str(message or f"HTTP {response.status_code} {response.reason_phrase}"),
+        status=response.status_code,
         retry_after=float(retry) if isinstance(retry, int | float) else None,
     )
 
@@ -189,6 +234,5 @@ def _quote(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 
-def _query(**params: object) -> str:
-    given = {k: str(v) for k, v in params.items() if v is not None}
-    return "?" + urllib.parse.urlencode(given) if given else ""
+def _params(**params: object) -> dict[str, str]:
+    return {k: str(v) for k, v in params.items() if v is not None}

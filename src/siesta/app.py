@@ -16,27 +16,36 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from siesta.api import AdminServer
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.gateway.server import Gateway
+from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
-from siesta.lifecycle import Lifecycle
+from siesta.lifecycle import STORE_READ_TIMEOUT, Lifecycle
 from siesta.probes import Prober
 from siesta.providers.base import Provider
 from siesta.providers.dispatch import ByTemplate
-from siesta.providers.docker import DockerProvider
 from siesta.providers.keda import KedaProvider
 from siesta.providers.local import LocalProvider
+from siesta.replicas import ACTIVITY_EVERY, Replicas
 from siesta.savings.keeper import LedgerKeeper
-from siesta.store.sqlite import SqliteStore
+from siesta.store import open_store
+from siesta.store.accounts import StoredLedger
+from siesta.store.base import Batch
+from siesta.store.redis import RedisStore
+
+if TYPE_CHECKING:
+    from siesta.providers.docker import DockerProvider
 
 log = logging.getLogger("siesta")
 
 ACTIVITY_FLUSH_EVERY = 2.0  # seconds between writes of last-activity times to the store
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
+RESTART_FIRST = 0.1  # seconds before a background task that failed is started again
+RESTART_MAX = 30.0  # seconds between restarts of a task that keeps failing, at most
 
 
 class AlreadyRunning(Exception):
@@ -48,8 +57,10 @@ class Siesta:
 
     def __init__(self, config: Config, *, admin: bool = True):
         self.config = config
-        self._lock = _lock_state_dir(config.state_dir)
-        self.store = SqliteStore(config.store)
+        # one process per SQLite file; replicas share a Redis store and a state folder
+        self._lock = _lock_state_dir(config.state_dir) if config.store_path else None
+        self.health = Health()
+        self.store = open_store(config.store, config.instance_id)
         self.docker: DockerProvider | None = None
         self.provider = self._provider()
         self.lifecycle = Lifecycle(
@@ -57,8 +68,20 @@ class Siesta:
             self.store,
             self.provider,
             start_timeout=config.gateway.wake_timeout,
+            health=self.health,
+            retention=config.store.retention,
         )
-        self.ledger = LedgerKeeper(self.store, self.lifecycle)  # before start: sees re-adoptions
+        self._stored_ledger = StoredLedger(self.lifecycle.recorder)
+        # made before start, so it sees re-adoptions; its accounts are loaded in start()
+        self.ledger = LedgerKeeper(self._stored_ledger, self.lifecycle)
+        self.lifecycle.recorder.snapshot = self._snapshot
+        self.replicas = (
+            Replicas(self.store, self.health, lease_ttl=config.store.lease_ttl)
+            if isinstance(self.store, RedisStore)
+            else None
+        )
+        if self.replicas is not None:
+            self.lifecycle.share(self.replicas)
         self.gateway = Gateway(config.gateway, self.lifecycle)
         self.scaler = (
             ScalerServer(ExternalScaler(self.lifecycle, config.keda.scaled_objects))
@@ -89,12 +112,19 @@ class Siesta:
     def _provider(self) -> Provider:
         """The local provider alone, or each kind the templates name behind a router."""
         templates = self.config.templates
-        local = LocalProvider(templates, self.config.log_dir, base_url=self._base_url)
+        local = LocalProvider(
+            templates,
+            self.config.log_dir,
+            base_url=self._base_url,
+            instance=self.config.instance_id,
+        )
         kinds = {name: t.provider for name, t in templates.items()}
         if set(kinds.values()) == {"local"}:
             return local
         providers: dict[str, Provider] = {"local": local, "keda": KedaProvider(templates)}
         if "docker" in kinds.values():
+            from siesta.providers.docker import DockerProvider  # aiohttp: only when used
+
             self.docker = DockerProvider(
                 templates,
                 instance=self.config.instance_id,
@@ -112,6 +142,7 @@ class Siesta:
 
     async def start(self) -> tuple[str, int]:
         """Restore sessions (re-adopting running backends), start timers, listen."""
+        await self._load_ledger()
         await self.lifecycle.start(self.config.sessions)
         if self.docker is not None:  # before the gateway: orphans go, exits are followed
             await self.docker.begin()
@@ -121,10 +152,17 @@ class Siesta:
         self.prober = Prober(
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url
         )
-        self._tasks = [
-            _guarded(self.controller.run(), "controller"),
-            _guarded(self._flush_activity(), "activity flush"),
-        ]
+        controller = self.controller
+        self._tasks = [self._guarded(self._flush_activity, "activity flush")]
+        if self.replicas is None:
+            self._tasks.append(self._guarded(controller.run, "controller"))
+        else:  # the controller runs on the replica that holds its lease
+            replicas = self.replicas
+            self._tasks += [
+                self._guarded(replicas.listen, "replica messages"),
+                self._guarded(replicas.beat, "heartbeat"),
+                self._guarded(lambda: self._lead(replicas, controller), "controller"),
+            ]
         keda = self.config.keda
         if self.scaler is not None and keda is not None:  # before the gateway, like admin
             tls = (keda.tls.cert, keda.tls.key) if keda.tls is not None else None
@@ -135,6 +173,39 @@ class Siesta:
         self.address = await self.gateway.listen(gateway.host, gateway.port)
         _tune_gc()
         return self.address
+
+    async def _lead(self, replicas: Replicas, controller: Controller) -> None:
+        """Run the controller while this replica holds the controller lease."""
+        while True:
+            await replicas.leadership.wait()
+            running = asyncio.create_task(controller.run(), name="controller checks")
+            demoted = asyncio.create_task(replicas.demoted.wait())
+            try:
+                await asyncio.wait({running, demoted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                running.cancel()
+                demoted.cancel()
+                await asyncio.gather(running, demoted, return_exceptions=True)
+            if running.done() and not running.cancelled() and running.exception() is not None:
+                raise running.exception()  # type: ignore[misc]
+
+    async def _load_ledger(self) -> None:
+        """The savings accounts, read before any event; a store that cannot be read
+        leaves them to start from now (and says so)."""
+        try:
+            accounts = await asyncio.wait_for(
+                self._stored_ledger.load(self.store), STORE_READ_TIMEOUT
+            )
+        except Exception as exc:
+            log.error("the savings ledger could not be read from the store: %s", exc)
+            return
+        self.ledger.accounts.update((a.session, a) for a in accounts)
+
+    def _snapshot(self) -> Batch:
+        """What a lost store is written again from: sessions, and the ledger's accounts."""
+        batch = self.lifecycle.snapshot()
+        batch.accounts.update(self.ledger.accounts)
+        return batch
 
     async def stop(self) -> None:
         """Drain the gateway, stop every backend, close the store."""
@@ -150,15 +221,53 @@ class Siesta:
             await self.prober.close()
         if self.controller is not None:
             await self.controller.close()
-        await self.lifecycle.shutdown()
         self._write_activity()
-        self.store.close()
-        self._lock.close()
+        await self.lifecycle.shutdown()
+        await self.store.close()
+        if self._lock is not None:
+            self._lock.close()
 
     async def _flush_activity(self) -> None:
+        replicas = self.replicas
+        every = ACTIVITY_FLUSH_EVERY if replicas is None else ACTIVITY_EVERY
         while True:
-            await asyncio.sleep(ACTIVITY_FLUSH_EVERY)
+            await asyncio.sleep(every)
             self._write_activity()
+            if replicas is not None:
+                await self._share_activity(replicas)
+
+    async def _share_activity(self, replicas: Replicas) -> None:
+        """Tell the other replicas our open connections and requests in flight, and take
+        theirs and the latest traffic time of each awake session (the hot path never
+        waits for this: it only reads and writes the counters in memory)."""
+        sessions = self.lifecycle.sessions
+        watched = sorted(self.lifecycle.awake)
+        mine: dict[str, tuple[int, int]] = {}
+        for sid in watched:
+            activity = sessions[sid].activity
+            if activity.connections or activity.inflight:
+                mine[sid] = (activity.connections, activity.inflight)
+        try:
+            seen, counts = await replicas.exchange_activity(mine, watched)
+        except Exception as exc:
+            log.debug("activity not exchanged with the replicas: %s", exc)
+            return
+        offset = time.time() - time.monotonic()
+        for sid in watched:
+            session = sessions.get(sid)
+            if session is None:
+                continue
+            activity = session.activity
+            if sid in seen:
+                activity.last_activity = max(activity.last_activity, seen[sid] - offset)
+            connections, inflight = counts.get(sid, (0, 0))
+            fell = (
+                connections < activity.elsewhere_connections
+                or inflight < activity.elsewhere_inflight
+            )
+            activity.elsewhere_connections, activity.elsewhere_inflight = connections, inflight
+            if fell:
+                activity.fell()
 
     def _write_activity(self) -> None:
         """Store when awake sessions last saw traffic (for `siesta status`): only the
@@ -173,7 +282,27 @@ class Siesta:
             if last and last != flushed.get(sid):
                 seen[sid] = last + offset
         if seen:
-            self.store.touch(seen)
+            self.lifecycle.recorder.touch(seen)
+
+    def _guarded(self, run: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
+        """A task meant to live as long as siesta: an error is logged, counted in
+        `Health.task_errors` (and the metrics), and the task is started again with backoff."""
+
+        async def forever() -> None:
+            delay = RESTART_FIRST
+            while True:
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.health.task_failed(name)
+                    log.exception("background task %r failed; restarting it in %gs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(RESTART_MAX, delay * 2)
+
+        return asyncio.create_task(forever(), name=name)
 
 
 def _tune_gc() -> None:
@@ -187,21 +316,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-
-
-def _guarded(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-    """A task meant to live as long as siesta: if it dies, say so loudly."""
-
-    async def run() -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %r died; siesta is degraded", name)
-            raise
-
-    return asyncio.create_task(run(), name=name)
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import quote
 
 import typer
 from rich import box
@@ -25,9 +24,10 @@ from siesta import replay
 from siesta.adminclient import AdminClient, AdminError, NotRunning, read_token
 from siesta.config import Config, ConfigError, config_json_schema, load_config
 from siesta.core.duration import format_duration, parse_duration
-from siesta.core.model import State
+from siesta.core.model import State, Transition
 from siesta.core.policy import CLOCK_SIGNALS
-from siesta.store.sqlite import SqliteStore
+from siesta.store import open_store
+from siesta.store.base import SessionRecord
 from siesta.styles import STATE_STYLE
 
 app = typer.Typer(
@@ -153,15 +153,15 @@ def status(config: ConfigOption = Path("siesta.yaml")) -> None:
 
 def _status_from_store(conf: Config, why: str) -> None:
     """The table from the state siesta last stored (it is not running)."""
-    if not conf.store.exists():
-        err.print(f"no state yet at {conf.store}: siesta has not run with this config")
+    path = conf.store_path
+    if path is not None and not path.exists():
+        err.print(f"no state yet at {path}: siesta has not run with this config")
         raise typer.Exit(1)
-    store = SqliteStore(conf.store)
     try:
-        records = store.sessions()
-        last = {e.session: e for e in store.events(limit=100000)}
-    finally:
-        store.close()
+        records, last = asyncio.run(_stored(conf))
+    except Exception as exc:
+        err.print(f"{why}, and its store cannot be read: {exc}")
+        raise typer.Exit(1) from None
     now = time.time()
     table = Table(
         "session", "template", "state", "idle for", "awake for", "next policy check", "last event"
@@ -180,11 +180,23 @@ def _status_from_store(conf: Config, why: str) -> None:
         )
     console.print(table)
     err.print(
-        f"{why}: this is the state it last stored in {conf.store}; "
+        f"{why}: this is the state it last stored in {conf.store.identity}; "
         "no policy checks are scheduled while it is not running",
         highlight=False,
         soft_wrap=True,
     )
+
+
+async def _stored(conf: Config) -> tuple[list[SessionRecord], dict[str, Transition]]:
+    """The stored sessions, and each one's last event."""
+    store = open_store(conf.store, conf.instance_id)
+    try:
+        await store.open()
+        records = await store.sessions()
+        last = {e.session: e for e in await store.events(limit=100_000)}
+    finally:
+        await store.close()
+    return records, last
 
 
 @config_app.command("check")
@@ -391,7 +403,7 @@ def policy_explain(session: SessionArg, config: ConfigOption = Path("siesta.yaml
     and when the session would sleep if nothing but time changed."""
     client, _ = _client(config)
     try:
-        answer = client.request("GET", f"/api/sessions/{quote(session, safe='')}/explain")
+        answer = client.explain(session)
     except AdminError as exc:
         _fail(exc)
     _print_explanation(answer)

@@ -719,18 +719,111 @@ class KedaConf(_Model):
         return parse_listen(self.listen)
 
 
+class StoreConf(_Model):
+    """Where siesta keeps session state and history, and for how long."""
+
+    location: str = Field(
+        default=".siesta/state.db",
+        min_length=1,
+        description="A SQLite file (relative to the config file's folder), or a Redis URL: "
+        "redis://host:port/db, rediss://host:port/db for TLS. Replicas with the same Redis "
+        "share their sessions. .siesta/state.db by default: one process, nothing to set "
+        "up, the state next to its config. Backend logs go to logs/ beside the SQLite "
+        "file (.siesta/logs/ beside the config with Redis).",
+    )
+    retention: PositiveDuration = _duration(
+        "30d",
+        "How long events (the history of transitions) are kept; older ones are deleted. "
+        "30d by default: a month of history for reports, in bounded space.",
+    )
+    password_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Redis: the environment variable holding the password. Unset by "
+        "default: no password, or one in password_file.",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="Redis: a file holding the password (a mounted Kubernetes Secret); "
+        "relative to the config's folder. Unset by default.",
+    )
+    username: str | None = Field(
+        default=None, description="Redis: the ACL user name. Unset by default: `default`."
+    )
+    lease_ttl: PositiveDuration = _duration(
+        "10s",
+        "Redis: how long a lease lasts unless renewed: the controller's (one replica "
+        "decides sleeps) and a wake's (one replica starts a backend). A replica that dies "
+        "is taken over after this. 10s by default: renewals every few seconds cost "
+        "nothing, and a takeover is quicker than most backends start.",
+    )
+    _path: Path | None = PrivateAttr(None)
+    _state_dir: Path = PrivateAttr(Path(".siesta"))
+
+    @field_validator("password_file")
+    @classmethod
+    def _resolve_password(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolved(value, info)
+
+    @model_validator(mode="after")
+    def _place(self, info: ValidationInfo) -> Self:
+        if self.location.startswith(("redis://", "rediss://")):
+            self._state_dir = _resolved(Path(".siesta"), info)
+        elif "://" in self.location:
+            scheme = self.location.split("://", 1)[0]
+            raise ValueError(
+                f"unknown store scheme {scheme!r}: use a SQLite file path, redis:// or rediss://"
+            )
+        else:
+            self._path = _resolved(Path(self.location), info)
+            self._state_dir = self._path.parent
+        if self.password_env and self.password_file:
+            raise ValueError("set either password_env or password_file, not both")
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file; None with Redis."""
+        return self._path
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis URL; None with SQLite."""
+        return None if self._path is not None else self.location
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder of local state: backend logs, the admin token."""
+        return self._state_dir
+
+    @property
+    def identity(self) -> str:
+        """What names this store: the SQLite file, or the Redis URL without credentials."""
+        if self._path is not None:
+            return str(self._path)
+        scheme, rest = self.location.split("://", 1)
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _store_shorthand(value: Any) -> Any:
+    """`store: <location>` is short for `store: {location: <location>}`."""
+    if isinstance(value, str | Path):
+        return {"location": str(value)}
+    return value
+
+
 class Config(_Model):
     """The siesta config file."""
 
     gateway: GatewayConf = Field(
         default=GatewayConf(), description="The HTTP gateway in front of the sessions."
     )
-    store: Path = Field(
-        default=Path(".siesta/state.db"),
+    store: Annotated[StoreConf, BeforeValidator(_store_shorthand)] = Field(
+        default_factory=StoreConf,
         validate_default=True,
-        description="SQLite file holding session state and history; relative to the config "
-        "file's folder. Logs go to logs/ beside it. .siesta/ by default keeps a project's "
-        "state next to its config.",
+        description="Where state and history are kept: a SQLite file path or a Redis URL "
+        "(shorthand for {location: ...}), or {location, retention, password_env, "
+        "password_file, username, lease_ttl}.",
     )
     templates: dict[Name, TemplateConf] = Field(
         description="Backend recipes by name. Required: every session runs one of them."
@@ -764,11 +857,6 @@ class Config(_Model):
     )
     _path: Path | None = PrivateAttr(None)
     _policies: dict[str, Policy] = PrivateAttr(default_factory=dict)
-
-    @field_validator("store")
-    @classmethod
-    def _resolve_store(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolved(value, info)
 
     @model_validator(mode="after")
     def _link(self, info: ValidationInfo) -> Self:
@@ -823,9 +911,14 @@ class Config(_Model):
         return self._path
 
     @property
+    def store_path(self) -> Path | None:
+        """The SQLite store file; None when the store is Redis."""
+        return self.store.path
+
+    @property
     def state_dir(self) -> Path:
-        """The folder of the store, where siesta keeps its state."""
-        return self.store.parent
+        """Where siesta keeps local state: the SQLite file's folder (.siesta/ with Redis)."""
+        return self.store.state_dir
 
     @property
     def log_dir(self) -> Path:
@@ -837,7 +930,7 @@ class Config(_Model):
         """`instance`, or a stable name derived from the store's location."""
         if self.instance is not None:
             return self.instance
-        digest = hashlib.sha256(str(self.store).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(self.store.identity.encode()).hexdigest()[:12]
         return f"siesta-{digest}"
 
 

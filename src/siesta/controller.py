@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
 import math
 import os
-import urllib.request
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -30,6 +28,7 @@ from typing import Any
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.model import Session, State
 from siesta.core.policy import Decision, EvaluationError, Policy, Signals, Warn
+from siesta.httpclient import async_client
 from siesta.lifecycle import Lifecycle
 from siesta.providers.base import BackendStatus, Provider
 from siesta.signals import RateWindow, read_signals
@@ -322,20 +321,18 @@ async def _send_warning(warn: Warn, payload: dict[str, str]) -> None:
     """Deliver one warning; failures are logged, never raised."""
     try:
         if warn.webhook is not None:
-            await asyncio.to_thread(_post_json, warn.webhook, payload)
+            await _post_json(warn.webhook, payload)
         elif warn.command:
             await _run_command(warn.command, payload)
     except Exception as exc:
         log.warning("%s: the sleep warning failed: %s", payload["session"], exc)
 
 
-def _post_json(url: str, payload: dict[str, str]) -> None:
-    body = json.dumps(payload).encode()
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
-        response.read()
+async def _post_json(url: str, payload: dict[str, str]) -> None:
+    """POST `payload` as JSON; an error status or no answer raises (`httpx.HTTPError`)."""
+    async with async_client(WEBHOOK_TIMEOUT, trust_env=True) as client:
+        response = await client.post(url, json=payload)
+        response.raise_for_status()
 
 
 async def _run_command(command: tuple[str, ...], payload: dict[str, str]) -> None:

@@ -1,26 +1,52 @@
 """The one owner of session state: wakes (single-flight), sleeps, failures, adoption.
 
 The gateway asks it to wake a session; the controller asks it to put one to
-sleep; the provider tells it when a backend died. Every transition it makes is
-written to the store with its reason. Nothing else changes `Session.state`.
+sleep; the provider tells it when a backend died. Nothing else changes
+`Session.state`.
+
+Truth first, then the record: the state in memory always says what the backend
+really is. A transition is an intent (WAKING, STOPPING), carried out, then the
+outcome; each is handed to the write-behind `Recorder` with its reason, which
+makes it durable in its own time. No transition waits for the store, and a store
+that fails never leaves a session half-way: it is retried, never rolled back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.lifecycle import after_failed_start, backoff_delay, check_transition
-from siesta.core.model import Session, State, Transition
-from siesta.providers.base import Provider, RunningBackend, StartError
-from siesta.readiness import NotReady, http_ready, tcp_ready, wait_ready
-from siesta.store.base import SessionRecord, Store
+from siesta.core.model import Endpoint, Session, State, Transition
+from siesta.health import Health
+from siesta.providers.base import Provider, RunningBackend
+from siesta.readiness import http_ready, tcp_ready, wait_ready
+from siesta.store.base import Batch, Registration, SessionRecord, Store
+from siesta.store.writer import Recorder
+
+if TYPE_CHECKING:
+    from siesta.replicas import Moved, Replicas
 
 log = logging.getLogger("siesta.lifecycle")
+
+STORE_READ_TIMEOUT = 10.0
+"""Seconds start-up waits to read the stored sessions before it starts from the config
+alone (the store is then degraded; running backends are still found by the provider)."""
+
+SHUTDOWN_FLUSH = 5.0
+"""Seconds a clean shutdown waits for pending records to become durable."""
+
+UNKNOWN_ENDPOINT = Endpoint("", 0)
+"""Where a backend left by another replica's interrupted wake listens, before the provider
+has found it (its record may not have reached the store)."""
+
+STOP_RETRY_MAX = 30.0
+"""Seconds between retries of a stop that failed, at most (the session stays STOPPING)."""
 
 Listener = Callable[[Session, State, State], None]
 Observer = Callable[[Transition], None]
@@ -89,18 +115,27 @@ class Lifecycle:
         *,
         start_timeout: float = 60.0,
         clock: Clock | None = None,
+        health: Health | None = None,
+        retention: float | None = None,
     ):
         self.sessions: dict[str, Session] = {}
         self.listeners: list[Listener] = []
         self.awake: set[str] = set()  # ids of AWAKE sessions: periodic work visits only these
         self.observers: list[Observer] = []
+        self.health = health or Health()
+        self.store = store
+        self.recorder = Recorder(store, self.health, snapshot=self.snapshot, retention=retention)
         self._templates = templates
-        self._store = store
         self._provider = provider
         self._start_timeout = start_timeout
         self._clock = clock or SystemClock()
         self._wakes: dict[str, _Wake] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._shared: Replicas | None = None
+        self._changed: dict[str, asyncio.Event] = {}  # waiters for another replica's move
+        self._unreachable: dict[str, int] = {}  # fences of awake backends we cannot adopt
+        self._tasks: set[asyncio.Task[Any]] = set()
         provider.set_exit_handler(self._backend_exited)
 
     def get(self, session_id: str) -> Session | None:
@@ -110,19 +145,47 @@ class Lifecycle:
     # -- start-up and shutdown -------------------------------------------------
 
     async def start(self, configured: Mapping[str, SessionSpec]) -> None:
-        """Register the configured sessions, load the stored ones, re-adopt running backends."""
+        """Register the configured sessions, load the stored ones, re-adopt running backends.
+
+        A store that cannot be read is not fatal: siesta starts from the config (and
+        what the provider finds running), and catches the store up when it answers.
+        """
+        self._writer = asyncio.create_task(self.recorder.run(), name="store writer")
         now = self._clock.time()
         for sid, spec in configured.items():
-            self._store.register(sid, spec.template, dict(spec.labels), now)
-        records = [r for r in self._store.sessions() if self._known_template(r)]
+            self.recorder.register(sid, spec.template, dict(spec.labels), now)
+        stored = {r.id: r for r in await self._stored_sessions()}
+        for sid, spec in configured.items():
+            registered = SessionRecord(sid, spec.template, dict(spec.labels), created=now)
+            old = stored.get(sid, registered)
+            stored[sid] = replace(old, template=spec.template, labels=dict(spec.labels))
+        records = [r for r in stored.values() if self._known_template(r)]
         candidates = [
             RunningBackend(r.id, r.endpoint, r.pid, r.pid_started)
             for r in records
             if r.state in (State.WAKING, State.AWAKE, State.STOPPING) and r.endpoint
         ]
-        adopted = {b.session for b in await self._provider.adopt(candidates)}
-        for record in records:
-            await self._restore(record, record.id in adopted)
+        adopted = {b.session: b for b in await self._provider.adopt(candidates)}
+        for record in sorted(records, key=lambda r: r.id):
+            await self._restore(record, adopted.get(record.id))
+
+    async def _stored_sessions(self) -> list[SessionRecord]:
+        try:
+            return await asyncio.wait_for(self._read_sessions(), STORE_READ_TIMEOUT)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            self.health.degraded("store", detail)
+            log.error(
+                "cannot read the %s store at start-up (%s): starting from the config; the"
+                " store is written again once it answers",
+                self.store.kind,
+                detail,
+            )
+            return []
+
+    async def _read_sessions(self) -> list[SessionRecord]:
+        await self.store.open()
+        return await self.store.sessions()
 
     def _known_template(self, record: SessionRecord) -> bool:
         if record.template in self._templates:
@@ -132,31 +195,93 @@ class Lifecycle:
         )
         return False
 
-    async def _restore(self, record: SessionRecord, adopted: bool) -> None:
+    async def _restore(self, record: SessionRecord, adopted: RunningBackend | None) -> None:
         session = Session(record.id, record.template, dict(record.labels), record.state)
         session.created = record.created
+        session.fence = record.fence
         self.sessions[record.id] = session
-        if adopted and record.state is State.AWAKE:
-            session.endpoint, session.pid = record.endpoint, record.pid
-            session.pid_started = record.pid_started
+        if self._shared is not None:
+            self._restore_mirror(session, record, adopted)
+        elif adopted is not None and record.state is State.AWAKE:
+            self._set_backend(session, adopted)
             self._mark_awake_now(session)
             self._record(session, State.AWAKE, "re-adopted its running backend after a restart")
             self._notify(session, State.ASLEEP)
-        elif adopted:
-            await self._provider.stop(record.id, self._templates[record.template].stop_grace)
-            self._move(session, State.ASLEEP, f"stopped after a restart found it {record.state}")
+        elif adopted is not None:  # a wake or a sleep was cut short, or never recorded
+            self._set_backend(session, adopted)
+            await self._stop_backend(session)
+            session.endpoint = session.pid = session.pid_started = None
+            if record.state is State.ASLEEP:
+                log.warning("%s: stopped a backend left running by a crash", session.id)
+            else:
+                why = f"stopped after a restart found it {record.state}"
+                self._move(session, State.ASLEEP, why)
         elif record.state in (State.WAKING, State.AWAKE, State.STOPPING):
             self._move(session, State.ASLEEP, "its backend ended while siesta was down")
 
+    def _restore_mirror(
+        self, session: Session, record: SessionRecord, adopted: RunningBackend | None
+    ) -> None:
+        """With replicas: the stored state is the others' too, so nothing is recorded or
+        stopped here. An awake backend this replica cannot adopt is treated as asleep
+        (it is woken again here on the next request)."""
+        if record.state is State.AWAKE and adopted is not None:
+            self._set_backend(session, adopted)
+            self._mark_awake_now(session)
+            self._notify(session, State.ASLEEP)
+        elif record.state is State.AWAKE:
+            session.state = State.ASLEEP
+            self._unreachable[session.id] = record.fence
+
+    def _set_backend(self, session: Session, backend: RunningBackend) -> None:
+        session.endpoint, session.pid = backend.endpoint, backend.pid
+        session.pid_started = backend.pid_started
+
     async def shutdown(self) -> None:
-        """Cancel wakes under way and stop every running backend."""
+        """Cancel wakes under way, stop every running backend, make the records durable.
+
+        Backends are stopped whatever the store does: records that cannot be written
+        within `SHUTDOWN_FLUSH` are reported as lost, and the shutdown goes on.
+        """
         for wake in list(self._wakes.values()):
             wake.task.cancel()
         await asyncio.gather(*(w.task for w in list(self._wakes.values())), return_exceptions=True)
-        awake = [s.id for s in self.sessions.values() if s.state is State.AWAKE]
-        await asyncio.gather(*(self.sleep(sid, "siesta shut down") for sid in awake))
-        await asyncio.gather(*list(self._stops.values()), return_exceptions=True)
+        awake = [s for s in self.sessions.values() if s.state is State.AWAKE]
+        if self._shared is None:
+            sleeps = [self.sleep(s.id, "siesta shut down") for s in awake]
+            await asyncio.gather(*sleeps, return_exceptions=True)
+        elif not await self._hand_over():
+            mine = [s for s in awake if self._provider.alive(s.id)]
+            await asyncio.gather(*(self._stop_at_shutdown(s) for s in mine))
+        stops = list(self._stops.values())
+        if stops:
+            longest = max(t.stop_grace for t in self._templates.values())
+            await asyncio.wait(stops, timeout=longest + SHUTDOWN_FLUSH)
         await self._provider.close()
+        if not await self.recorder.flush(SHUTDOWN_FLUSH):
+            log.error(
+                "the %s store did not take the last %d records within %gs: they are lost"
+                " (running backends were stopped all the same)",
+                self.store.kind,
+                self.recorder.pending,
+                SHUTDOWN_FLUSH,
+            )
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def snapshot(self) -> Batch:
+        """Everything the store should hold of the sessions now (to rewrite a lost store)."""
+        batch = Batch()
+        now = self._clock.time()
+        for session in self.sessions.values():
+            reg = Registration(session.template, dict(session.labels), session.created or now)
+            batch.registered[session.id] = reg
+            if session.state is not State.ASLEEP:
+                batch.records[session.id] = SessionRecord.of(session, now)
+        return batch
 
     # -- wake -----------------------------------------------------------------
 
@@ -200,34 +325,73 @@ class Lifecycle:
             task.exception()  # retrieved here: the callers that awaited it got it too
 
     async def _run_wake(self, session: Session, reason: str) -> None:
+        left: RunningBackend | None = None
+        if self._shared is None:
+            session.fence += 1
+            self._move(session, State.WAKING, reason)
+        else:
+            granted, left = await self._claim(session, reason)
+            if not granted:
+                return  # woken meanwhile by another replica, whose backend we use
+        renewal = self._keep_lease(session)
+        try:
+            await self._bring_up(session, reason, left)
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+
+    async def _bring_up(self, session: Session, reason: str, left: RunningBackend | None) -> None:
+        """Start the backend (or take over the one `left` by an interrupted wake), wait
+        until it is ready, and make the session AWAKE; on failure, stop it."""
         template = self._templates[session.template]
         began = self._clock.monotonic()
-        self._move(session, State.WAKING, reason)
         try:
-            backend = await self._provider.start(session.id, session.template)
-        except StartError as exc:
-            self._start_failed(session, str(exc))
-            raise WakeError(f"session {session.id!r} could not start: {exc}") from exc
+            backend = await self._launch(session, left)
+        except asyncio.CancelledError:
+            await self._stop_backend(session)  # it may have been launched as we were cancelled
+            self._wake_cancelled(session)
+            raise
+        except Exception as exc:  # StartError, or a provider's bug: the session is not stuck
+            self._start_failed(session, _why(exc))
+            raise WakeError(f"session {session.id!r} could not start: {_why(exc)}") from exc
         session.endpoint, session.pid, session.pid_started = (
             backend.endpoint,
             backend.pid,
             backend.pid_started,
         )
-        self._save(session)  # the pid is on disk before we wait: a crash now orphans nothing
+        self._save(session)  # the pid goes to the store first: a crash now orphans nothing
         try:
             await wait_ready(
                 self._probe(session, template.ready), self._alive(session), self._start_timeout
             )
-        except (NotReady, asyncio.CancelledError) as exc:
-            await self._provider.stop(session.id, template.stop_grace)
-            if isinstance(exc, asyncio.CancelledError):
-                self._move(session, State.ASLEEP, "wake cancelled")
-                raise
-            self._start_failed(session, str(exc))
-            raise WakeError(f"session {session.id!r} did not start: {exc}") from exc
+        except asyncio.CancelledError:
+            await self._stop_backend(session)
+            self._wake_cancelled(session)
+            raise
+        except Exception as exc:  # NotReady, or a probe's bug
+            await self._stop_backend(session)
+            self._start_failed(session, _why(exc))
+            raise WakeError(f"session {session.id!r} did not start: {_why(exc)}") from exc
+        if not await self._shared_move(session, State.WAKING, State.AWAKE, reason, release=True):
+            await self._lost_lease(session)
+            raise WakeError(f"session {session.id!r}: another replica took its wake over")
         session.failures = 0
         self._mark_awake_now(session)
         self._move(session, State.AWAKE, reason, wake_seconds=self._clock.monotonic() - began)
+
+    async def _launch(self, session: Session, left: RunningBackend | None) -> RunningBackend:
+        """A new backend, or the one another replica's interrupted wake left running."""
+        if left is not None:
+            found = await self._provider.adopt([left])
+            if found:
+                log.info("%s: took over the backend of an interrupted wake", session.id)
+                return found[0]
+        return await self._provider.start(session.id, session.template)
+
+    def _wake_cancelled(self, session: Session) -> None:
+        session.endpoint = session.pid = session.pid_started = None
+        self._move(session, State.ASLEEP, "wake cancelled")
+        self._spawn(self._shared_move(session, State.WAKING, State.ASLEEP, "wake cancelled", True))
 
     def _probe(self, session: Session, ready: ReadySpec) -> Callable[[], asyncio.Future[bool]]:
         endpoint = session.endpoint
@@ -250,7 +414,9 @@ class Lifecycle:
                 over, template.failure_backoff
             )
         session.endpoint = session.pid = session.pid_started = None
-        self._move(session, new, f"start failed ({session.failures} in a row): {why}")
+        reason = f"start failed ({session.failures} in a row): {why}"
+        self._move(session, new, reason)
+        self._spawn(self._shared_move(session, State.WAKING, new, reason, release=True))
 
     def _mark_awake_now(self, session: Session) -> None:
         now = self._clock.monotonic()
@@ -274,10 +440,13 @@ class Lifecycle:
         now = self._clock.time()
         session = Session(session_id, template, dict(labels))
         session.created = now
-        self._store.register(session_id, template, dict(labels), now)
+        self.recorder.register(session_id, template, dict(labels), now)
         self._save(session)  # a stale stored row (e.g. of an unconfigured template) is reset
         self.sessions[session_id] = session
         log.info("%s: added (template %s)", session_id, template)
+        if self._shared is not None:
+            message = {"template": template, "labels": dict(labels), "created": now}
+            self._shared.announce({"kind": "added", "session": session_id, **message})
         return session
 
     async def remove_session(self, session_id: str, reason: str = "session removed") -> None:
@@ -297,8 +466,10 @@ class Lifecycle:
             else:
                 await asyncio.sleep(0.05)  # a transient state without a task: look again
         del self.sessions[session_id]  # no await since the loop: nothing woke it meanwhile
-        self._store.delete(session_id)
+        self.recorder.delete(session_id)
         log.info("%s: removed", session_id)
+        if self._shared is not None:
+            self._shared.announce({"kind": "removed", "session": session_id})
 
     # -- sleep ----------------------------------------------------------------
 
@@ -317,21 +488,63 @@ class Lifecycle:
         backend after the decision: it is held and wakes the session again.
         """
         session = self.sessions[session_id]
-        if session.state is not State.AWAKE:
+        if session.state is not State.AWAKE or session_id in self._stops:
             return None
-        self._move(session, State.STOPPING, reason)
-        task = asyncio.create_task(self._finish_sleep(session, reason), name=f"sleep {session_id}")
+        if self._shared is None:
+            self._move(session, State.STOPPING, reason)
+            sleeping = self._finish_sleep(session, reason)
+        else:  # the lease first: no other replica wakes or sleeps it meanwhile
+            sleeping = self._shared_sleep(session, reason)
+        task = asyncio.create_task(sleeping, name=f"sleep {session_id}")
         self._stops[session_id] = task
         return task
 
+    async def _shared_sleep(self, session: Session, reason: str) -> None:
+        shared = self._shared
+        assert shared is not None
+        try:
+            done, _, _ = await shared.move(
+                session, State.AWAKE, State.STOPPING, reason, take_lease=True
+            )
+        except Exception as exc:
+            self._stops.pop(session.id, None)
+            log.warning("%s: not put to sleep: Redis does not answer (%s)", session.id, exc)
+            self._notify(session, State.AWAKE)  # still awake: its checks go on
+            return
+        if not done:  # another replica moved it meanwhile
+            self._stops.pop(session.id, None)
+            await self._catch_up(session)
+            return
+        self._move(session, State.STOPPING, reason)
+        await self._finish_sleep(session, reason)
+
     async def _finish_sleep(self, session: Session, reason: str) -> None:
         try:
-            await self._provider.stop(session.id, self._templates[session.template].stop_grace)
+            await self._stop_backend(session, retry=True)
         finally:
             session.endpoint = session.pid = session.pid_started = None
             session.awake_since = None
             self._move(session, State.ASLEEP, reason)
             self._stops.pop(session.id, None)
+            self._spawn(self._shared_move(session, State.STOPPING, State.ASLEEP, reason, True))
+
+    async def _stop_backend(self, session: Session, *, retry: bool = False) -> None:
+        """Stop the backend of `session`. A failing stop is logged and, with `retry`,
+        tried again with backoff until it works: the session stays STOPPING meanwhile,
+        which is the truth, and the stop is never taken for done."""
+        grace = self._templates[session.template].stop_grace
+        delay = 0.1
+        while True:
+            try:
+                await self._provider.stop(session.id, grace)
+                return
+            except Exception as exc:
+                self.health.task_failed("stop")
+                log.error("%s: stopping the backend failed: %s", session.id, _why(exc))
+                if not retry or not self._provider.alive(session.id):
+                    return
+            await asyncio.sleep(delay)
+            delay = min(STOP_RETRY_MAX, delay * 2)
 
     def _backend_exited(self, session_id: str, reason: str) -> None:
         session = self.sessions.get(session_id)
@@ -339,7 +552,18 @@ class Lifecycle:
             return  # a waking backend's death is seen by the readiness poll
         session.endpoint = session.pid = session.pid_started = None
         session.awake_since = None
-        self._move(session, State.ASLEEP, reason)
+        if self._shared is None:
+            self._move(session, State.ASLEEP, reason)
+            return
+        session.state = State.ASLEEP  # the truth here at once; recorded by one replica only
+        self._notify(session, State.AWAKE)
+        self._spawn(self._exit_seen(session, reason))
+
+    async def _exit_seen(self, session: Session, reason: str) -> None:
+        """Every replica that watched the backend saw it exit: the one whose move lands
+        in Redis first records it (or each, while Redis is down: the truth is kept)."""
+        if await self._shared_move(session, State.AWAKE, State.ASLEEP, reason):
+            self._record(session, State.AWAKE, reason)
 
     # -- records --------------------------------------------------------------
 
@@ -365,8 +589,8 @@ class Lifecycle:
                 log.exception("an event observer failed")
 
     def _save(self, session: Session, event: Transition | None = None) -> None:
-        record = SessionRecord.of(session, self._clock.time())
-        self._store.save(record, event)
+        """Hand the session's record (and the event) to the write-behind queue."""
+        self.recorder.record(SessionRecord.of(session, self._clock.time()), event)
 
     def _notify(self, session: Session, old: State) -> None:
         if session.state is State.AWAKE:
@@ -374,4 +598,287 @@ class Lifecycle:
         else:
             self.awake.discard(session.id)
         for listener in self.listeners:
-            listener(session, old, session.state)
+            try:
+                listener(session, old, session.state)
+            except Exception:  # a listener's bug never breaks a transition
+                log.exception("a transition listener failed")
+
+    # -- replicas (a Redis store): the others' moves, mirrored here -----------------
+
+    def share(self, replicas: Replicas) -> None:
+        """Coordinate with the other replicas through `replicas` (before `start`)."""
+        self._shared = replicas
+        replicas.on_move = self.apply_remote
+        replicas.on_message = self._on_message
+        replicas.on_reconnect = lambda: self._spawn(self.resync())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.health.task_failed("replicas")
+            log.error("a replica task failed", exc_info=task.exception())
+
+    async def _shared_move(
+        self, session: Session, expect: State, new: State, reason: str, release: bool = False
+    ) -> bool:
+        """Record a move in Redis if it is still ours to make (see `Replicas.move`). True
+        alone, and True while Redis does not answer (what happened here is kept, and
+        written when it is back); False when another replica's move came first."""
+        shared = self._shared
+        if shared is None:
+            return True
+        try:
+            done, _, _ = await shared.move(session, expect, new, reason, release=release)
+        except Exception as exc:
+            log.warning("%s: %s -> %s not told to the replicas: %s", session.id, expect, new, exc)
+            return True
+        return done
+
+    def _keep_lease(self, session: Session) -> asyncio.Task[None] | None:
+        """Renew our wake lease while the backend starts; cancel the wake if it is lost."""
+        shared = self._shared
+        if shared is None:
+            return None
+        wake = asyncio.current_task()
+        fence = session.fence
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(shared.beat_every)
+                try:
+                    if await shared.renew(session.id, fence):
+                        continue
+                except Exception as exc:  # Redis away: nobody can take the wake over either
+                    log.debug("%s: lease not renewed: %s", session.id, exc)
+                    continue
+                log.warning("%s: the wake lease was lost; wake abandoned", session.id)
+                if wake is not None:
+                    wake.cancel()
+                return
+
+        return asyncio.create_task(renew(), name=f"lease {session.id}")
+
+    async def _claim(self, session: Session, reason: str) -> tuple[bool, RunningBackend | None]:
+        """Take the wake lease, or wait for the replica that holds it.
+
+        (True, left) once the lease is ours and the session WAKING here: `left` is the
+        backend an interrupted wake may have left running. (False, None) when the session
+        became AWAKE through another replica meanwhile.
+        """
+        shared = self._shared
+        assert shared is not None
+        deadline = self._clock.monotonic() + self._start_timeout
+        while True:
+            try:
+                claim = await shared.claim(
+                    session.id, reason, self._unreachable.get(session.id), session.fence
+                )
+            except Exception as exc:
+                raise WakeError(
+                    f"session {session.id!r} cannot be woken safely now: the replicas' Redis"
+                    f" does not answer ({_why(exc)})",
+                    retry_after=5.0,
+                ) from exc
+            if claim.outcome == "granted":
+                return True, self._claimed(session, claim.fence, claim.prior, reason, claim)
+            if claim.outcome == "awake":
+                backend = RunningBackend(session.id, claim.endpoint or UNKNOWN_ENDPOINT)
+                backend = replace(backend, pid=claim.pid, pid_started=claim.pid_started)
+                if await self._follow(session, claim.fence, backend):
+                    return False, None
+                self._unreachable[session.id] = claim.fence
+                continue
+            if self._clock.monotonic() > deadline:
+                raise WakeError(f"session {session.id!r}: another replica's wake is stuck")
+            await self._another_move(session.id, claim.wait + 0.05)
+            if session.state is State.AWAKE:
+                return False, None
+
+    def _claimed(
+        self, session: Session, fence: int, prior: State, reason: str, claim: Any
+    ) -> RunningBackend | None:
+        old = session.state
+        session.fence = fence
+        self._unreachable.pop(session.id, None)
+        session.state = State.WAKING
+        self._record(session, old, reason)
+        self._notify(session, old)
+        if prior in (State.ASLEEP, State.FAILED):
+            return None
+        endpoint = claim.endpoint or UNKNOWN_ENDPOINT
+        return RunningBackend(session.id, endpoint, claim.pid, claim.pid_started)
+
+    async def _follow(self, session: Session, fence: int, backend: RunningBackend) -> bool:
+        """Use the awake backend of another replica, if the provider can adopt it."""
+        if backend.endpoint == UNKNOWN_ENDPOINT:
+            return False
+        try:
+            found = await self._provider.adopt([backend])
+        except Exception as exc:
+            log.warning("%s: adopting the backend of another replica failed: %s", session.id, exc)
+            found = []
+        if not found:
+            return False
+        if session.fence > fence:  # a newer move came in meanwhile
+            return session.state is State.AWAKE
+        old = session.state
+        session.fence = fence
+        self._set_backend(session, found[0])
+        session.state = State.AWAKE
+        self._mark_awake_now(session)
+        self._notify(session, old)
+        self._moved(session.id)
+        return True
+
+    async def _lost_lease(self, session: Session) -> None:
+        """Our wake was taken over (we stalled past the lease): stop our backend, quietly."""
+        await self._stop_backend(session)
+        session.endpoint = session.pid = session.pid_started = None
+        self._move(session, State.ASLEEP, "wake taken over by another replica")
+        await self._catch_up(session)
+
+    async def _catch_up(self, session: Session) -> None:
+        """Read the session's state from Redis and mirror it."""
+        shared = self._shared
+        if shared is None:
+            return
+        try:
+            record = await shared.store.record(session.id)
+        except Exception as exc:
+            log.warning("%s: could not read its state from Redis: %s", session.id, exc)
+            return
+        if record is not None:
+            await self._mirror(session, record)
+
+    async def _mirror(self, session: Session, record: SessionRecord) -> None:
+        if record.state is State.AWAKE and record.endpoint is not None:
+            backend = RunningBackend(session.id, record.endpoint, record.pid, record.pid_started)
+            if not await self._follow(session, record.fence, backend):
+                self._unreachable[session.id] = record.fence
+            return
+        self._apply(session, record.state, record.fence)
+
+    def apply_remote(self, moved: Moved) -> None:
+        """Another replica's move, as published: this replica's copy follows it, and its
+        listeners fire (the gateway forwards, KEDA streams push). Nothing is recorded:
+        the replica that moved recorded it. An older move (lower fence) is ignored."""
+        session = self.sessions.get(moved.session)
+        if session is None or moved.fence < session.fence:
+            return
+        if moved.fence > session.fence and session.state is State.AWAKE:
+            # woken again elsewhere: a backend of ours it could not reach is superseded
+            self._spawn(self._stop_backend(session))
+        if session.id in self._wakes or session.id in self._stops:
+            self._moved(session.id)  # our own wake or sleep finds out by its lease
+            return
+        if moved.new is State.AWAKE:
+            endpoint = moved.endpoint or UNKNOWN_ENDPOINT
+            backend = RunningBackend(session.id, endpoint, moved.pid, moved.pid_started)
+            self._spawn(self._follow_or_forget(session, moved.fence, backend))
+            return
+        self._apply(session, moved.new, moved.fence)
+
+    async def _follow_or_forget(
+        self, session: Session, fence: int, backend: RunningBackend
+    ) -> None:
+        if not await self._follow(session, fence, backend) and session.fence <= fence:
+            self._unreachable[session.id] = fence
+            self._apply(session, State.ASLEEP, fence)  # treated as asleep here
+
+    def _apply(self, session: Session, state: State, fence: int) -> None:
+        old = session.state
+        session.fence = max(session.fence, fence)
+        if state is not State.AWAKE and state is not State.STOPPING:
+            session.endpoint = session.pid = session.pid_started = None
+            session.awake_since = None
+        session.state = state
+        if old is not state:
+            self._notify(session, old)
+        self._moved(session.id)
+
+    def _moved(self, session_id: str) -> None:
+        changed = self._changed.pop(session_id, None)
+        if changed is not None:
+            changed.set()
+
+    async def _another_move(self, session_id: str, timeout: float) -> None:
+        """Wait for another replica's next move of `session_id`, at most `timeout` s."""
+        changed = self._changed.setdefault(session_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        """Sessions added or removed through another replica's admin API."""
+        sid, kind = str(message["session"]), message["kind"]
+        if kind == "added" and sid not in self.sessions and message["template"] in self._templates:
+            session = Session(sid, str(message["template"]), dict(message.get("labels", {})))
+            session.created = float(message.get("created", 0.0))
+            self.sessions[sid] = session
+        elif kind == "removed" and sid in self.sessions and sid not in self._wakes:
+            session = self.sessions.pop(sid)
+            self.awake.discard(sid)
+            session.state, old = State.ASLEEP, session.state
+            if old is not State.ASLEEP:
+                self._notify(session, old)
+
+    async def resync(self) -> None:
+        """Mirror every session as Redis has it (after a reconnect: moves may have been
+        missed). Sessions with a wake or sleep under way here are left to it."""
+        shared = self._shared
+        if shared is None:
+            return
+        try:
+            records = await shared.store.sessions()
+        except Exception as exc:
+            log.warning("resync with the other replicas failed: %s", exc)
+            return
+        for record in records:
+            session = self.sessions.get(record.id)
+            if session is None:
+                if record.template in self._templates:
+                    self._on_message(
+                        {"kind": "added", "session": record.id, "template": record.template,
+                         "labels": record.labels, "created": record.created}
+                    )  # fmt: skip
+                continue
+            busy = session.id in self._wakes or session.id in self._stops
+            if busy or record.fence < session.fence:
+                continue
+            if record.state is not session.state or record.fence > session.fence:
+                await self._mirror(session, record)
+
+    async def _hand_over(self) -> bool:
+        """At shutdown: True if other replicas are alive, which keep the backends."""
+        shared = self._shared
+        assert shared is not None
+        try:
+            await shared.leave()
+            await asyncio.sleep(shared.beat_every)  # a replica alive beats meanwhile
+            others = await shared.others_alive()
+        except Exception as exc:
+            log.warning("shutdown: Redis does not answer (%s): stopping our backends", exc)
+            return False
+        if others:
+            log.info("shutdown: backends left to the replicas %s", ", ".join(sorted(others)))
+        return bool(others)
+
+    async def _stop_at_shutdown(self, session: Session) -> None:
+        """The last replica stops a backend, whatever Redis does."""
+        await self._stop_backend(session)
+        session.endpoint = session.pid = session.pid_started = None
+        session.awake_since = None
+        old, session.state = session.state, State.ASLEEP
+        reason = "siesta shut down"
+        self._record(session, old, reason)
+        self._notify(session, old)
+        await self._shared_move(session, State.AWAKE, State.ASLEEP, reason)
+
+
+def _why(exc: BaseException) -> str:
+    """A short text for `exc`: its message, or its type when it has none."""
+    return str(exc) or type(exc).__name__

@@ -158,6 +158,7 @@ class SiestaMetrics:
             "Seconds session backends have run (waking, awake or stopping), all sessions.",
             value=self.awake_seconds(time.time()),
         )
+        yield from self._health_metrics()
         controller = self._controller()
         yield CounterMetricFamily(
             "siesta_policy_evaluation_errors",
@@ -169,6 +170,44 @@ class SiestaMetrics:
             "Activity probes of session apps that failed.",
             value=_count(controller, "probe_failures"),
         )
+
+    def _health_metrics(self) -> Iterable[Metric]:
+        """Each dependency's mode and errors, the store's pending writes, task errors."""
+        health = self._lifecycle.health
+        degraded = GaugeMetricFamily(
+            "siesta_dependency_degraded",
+            "1 while a dependency (store, replicas) is degraded, else 0.",
+            labels=["dependency"],
+        )
+        errors = CounterMetricFamily(
+            "siesta_dependency_errors",
+            "Operations on a dependency that failed (and were retried).",
+            labels=["dependency"],
+        )
+        lost = CounterMetricFamily(
+            "siesta_dependency_lost",
+            "Times a dependency's data was found gone (a store file deleted or replaced,"
+            " a Redis restarted empty) and written again from memory.",
+            labels=["dependency"],
+        )
+        for name, dep in sorted(health.dependencies.items()):
+            degraded.add_metric([name], 0 if dep.mode == "ok" else 1)
+            errors.add_metric([name], dep.errors)
+            lost.add_metric([name], dep.lost)
+        yield from (degraded, errors, lost)
+        yield GaugeMetricFamily(
+            "siesta_store_pending_writes",
+            "Records and events handed to the store and not yet durable.",
+            value=self._lifecycle.recorder.pending,
+        )
+        tasks = CounterMetricFamily(
+            "siesta_task_errors",
+            "Errors of background tasks (each was logged and the task retried).",
+            labels=["task"],
+        )
+        for task, count in sorted(health.task_errors.items()):
+            tasks.add_metric([task], count)
+        yield tasks
 
 
 class _LiveState:

@@ -7,31 +7,31 @@ whose template has `activity`, it GETs the app's status every `every` seconds
 controller to check the session soon. A probe that fails is a signal too: the map
 keeps its last values with `ok` false, and `probe_failures` counts it; it never
 raises. Sleeping sessions have no probe task. What the answers mean is decided in
-`core.activity`; this module does the I/O, with its own small HTTP/1.1 client.
+`core.activity`; this module does the I/O, with httpx (`siesta.httpclient`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import httptools
+import httpx
 
 from siesta.core import activity
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.model import Endpoint, Session, State
+from siesta.httpclient import async_client
 from siesta.lifecycle import Lifecycle
 
 log = logging.getLogger("siesta.probes")
 
 MAX_ANSWER = 1 << 20  # bytes: a status document is small; a larger answer is refused
 MAX_CONCURRENT = 64  # probes in flight at once, so a restart with many awake sessions is smooth
-READ_SIZE = 65536
+PROBE_TIMEOUT = 5.0  # seconds for each step of a probe's request (the probe's own timeout wins)
 
 
 class ProbeError(Exception):
@@ -78,73 +78,60 @@ class AppSink(Protocol):
 # HTTP -----------------------------------------------------------------------------------
 
 
-class _Answer:
-    """httptools callbacks collecting one response."""
+async def get_json(
+    endpoint: Endpoint,
+    path: str,
+    headers: Mapping[str, str],
+    client: httpx.AsyncClient | None = None,
+) -> Any:
+    """GET `path` at `endpoint` and return its JSON body; `ProbeError` unless a 2xx JSON.
 
-    def __init__(self) -> None:
-        self.body = bytearray()
-        self.headers_done = self.complete = self.framed = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-
-    def on_body(self, data: bytes) -> None:
-        self.body += data
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-async def get_json(endpoint: Endpoint, path: str, headers: Mapping[str, str]) -> Any:
-    """GET `path` at `endpoint` and return its JSON body; `ProbeError` unless a 2xx JSON."""
+    `client` is the prober's (connections kept between probes); without one, a client
+    is made for this request.
+    """
+    if client is None:
+        async with async_client(PROBE_TIMEOUT) as own:
+            return await get_json(endpoint, path, headers, own)
+    url = f"http://{endpoint}{path}"
     try:
-        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-    except OSError as exc:
-        raise ProbeError(f"GET {path}: cannot connect: {exc.strerror or exc}") from None
+        async with client.stream(
+            "GET", url, headers={"Accept": "application/json", **headers}
+        ) as r:
+            body = await _read_body(r, path)
+    except httpx.ConnectError as exc:
+        raise ProbeError(f"GET {path}: cannot connect: {_why(exc)}") from None
+    except httpx.RemoteProtocolError as exc:
+        raise ProbeError(f"GET {path}: {_protocol_problem(exc)}") from None
+    except httpx.TransportError as exc:
+        raise ProbeError(f"GET {path}: {_why(exc)}") from None
+    if not 200 <= r.status_code < 300:
+        raise ProbeError(f"GET {path}: status {r.status_code}")
     try:
-        writer.write(_request(endpoint, path, headers))
-        answer, status = await _read_answer(reader, path)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    if not 200 <= status < 300:
-        raise ProbeError(f"GET {path}: status {status}")
-    try:
-        return json.loads(answer.body)
+        return json.loads(body)
     except ValueError:
         raise ProbeError(f"GET {path}: the answer is not JSON") from None
 
 
-def _request(endpoint: Endpoint, path: str, headers: Mapping[str, str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {endpoint}", "User-Agent: siesta-probe"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines += ["Accept: application/json", "Connection: close", "", ""]
-    return "\r\n".join(lines).encode("latin-1")
+async def _read_body(response: httpx.Response, path: str) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise ProbeError(f"GET {path}: the answer is larger than {MAX_ANSWER} bytes")
+    return bytes(body)
 
 
-async def _read_answer(reader: asyncio.StreamReader, path: str) -> tuple[_Answer, int]:
-    answer = _Answer()
-    parser = httptools.HttpResponseParser(answer)
-    try:
-        while not answer.complete:
-            data = await reader.read(READ_SIZE)
-            if not data:
-                if answer.headers_done and not answer.framed:
-                    break  # a body delimited by the end of the connection
-                raise ProbeError(f"GET {path}: the app closed the connection mid-answer")
-            parser.feed_data(data)
-            if len(answer.body) > MAX_ANSWER:
-                raise ProbeError(f"GET {path}: the answer is larger than {MAX_ANSWER} bytes")
-    except httptools.HttpParserError as exc:
-        raise ProbeError(f"GET {path}: not an HTTP answer ({exc})") from None
-    except OSError as exc:
-        raise ProbeError(f"GET {path}: {exc.strerror or exc}") from None
-    return answer, parser.get_status_code()
+def _why(exc: Exception) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return str(getattr(cause, "strerror", None) or exc or type(exc).__name__)
+
+
+def _protocol_problem(exc: httpx.RemoteProtocolError) -> str:
+    """What a protocol error means for a probe: the app hung up, or did not speak HTTP."""
+    text = str(exc)
+    if "disconnected" in text or "closed" in text or "incomplete" in text:
+        return "the app closed the connection mid-answer"
+    return f"not an HTTP answer ({text})"
 
 
 # Probes ---------------------------------------------------------------------------------
@@ -167,11 +154,13 @@ class JupyterProbe:
         """The map before any answer."""
         return activity.jupyter_unknown(now, error)
 
-    async def read(self, endpoint: Endpoint, now: Callable[[], datetime]) -> dict[str, Any]:
+    async def read(
+        self, endpoint: Endpoint, now: Callable[[], datetime], client: httpx.AsyncClient
+    ) -> dict[str, Any]:
         """The app map; `ProbeError` or `activity.AnswerError` when there is none."""
         status, kernels = await asyncio.gather(
-            get_json(endpoint, self._status, self._headers),
-            get_json(endpoint, self._kernels, self._headers),
+            get_json(endpoint, self._status, self._headers, client),
+            get_json(endpoint, self._kernels, self._headers, client),
         )
         return activity.jupyter_app(status, kernels, now())
 
@@ -186,9 +175,12 @@ class HttpProbe:
         """The map before any answer: only `ok` and `error`."""
         return {"ok": False, "error": error}
 
-    async def read(self, endpoint: Endpoint, now: Callable[[], datetime]) -> dict[str, Any]:
+    async def read(
+        self, endpoint: Endpoint, now: Callable[[], datetime], client: httpx.AsyncClient
+    ) -> dict[str, Any]:
         """The app map; `ProbeError` or `activity.AnswerError` when there is none."""
-        return activity.mapped_app(await get_json(endpoint, self._path, self._headers), self._paths)
+        answer = await get_json(endpoint, self._path, self._headers, client)
+        return activity.mapped_app(answer, self._paths)
 
 
 Probe = JupyterProbe | HttpProbe
@@ -230,6 +222,7 @@ class Prober:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failing: set[str] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._http = async_client(PROBE_TIMEOUT)
         lifecycle.listeners.append(self._on_transition)
         for session in lifecycle.sessions.values():
             if session.state is State.AWAKE:
@@ -246,6 +239,7 @@ class Prober:
         for sid in list(self._tasks):
             self._end(sid)
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.aclose()
 
     def _on_transition(self, session: Session, old: State, new: State) -> None:
         if new is State.AWAKE:
@@ -280,7 +274,7 @@ class Prober:
         """Probe one session now, record the result and ask for a policy check; never raises."""
         try:
             async with self._slots, asyncio.timeout(timeout):
-                app = await probe.read(endpoint, self._now)
+                app = await probe.read(endpoint, self._now, self._http)
         except (ProbeError, activity.AnswerError) as exc:
             self._failed(sid, str(exc))
         except TimeoutError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
@@ -15,11 +16,13 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from siesta.api.deps import Svc
-from siesta.api.errors import responses
+from siesta.api.errors import ApiProblem, responses
 from siesta.api.models import Event
 from siesta.core.model import Transition
 from siesta.lifecycle import Lifecycle
 from siesta.store.base import Store
+
+log = logging.getLogger("siesta.api")
 
 KEEPALIVE_EVERY = 15.0  # seconds between SSE comments: under common 30-60s proxy idle timeouts
 STREAM_BACKLOG = 10_000  # events queued for one slow SSE client before its stream is ended
@@ -35,6 +38,26 @@ Since = Annotated[
         description="only events after this time (seconds since the epoch)",
     ),
 ]
+
+
+async def read_events(
+    store: Store, session: str | None, since: float | None, limit: int
+) -> list[Transition]:
+    """Stored events (off the event loop); a store that cannot be read is a 503."""
+    try:
+        return await store.events(session, since, limit)
+    except Exception as exc:
+        raise ApiProblem(503, f"the store cannot be read: {exc}", retry_after=5.0) from None
+
+
+async def _backlog(store: Store, session: str | None, since: float) -> list[Transition]:
+    """The stored events a resumed stream replays; none when the store cannot be read
+    (the live events still flow)."""
+    try:
+        return await store.events(session, since, MAX_EVENTS)
+    except Exception as exc:
+        log.warning("event stream: the backlog could not be read: %s", exc)
+        return []
 
 
 def event_view(event: Transition) -> Event:
@@ -56,7 +79,7 @@ async def events(
     since: Since = None,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 1000,
 ) -> list[Event]:
-    return [event_view(e) for e in svc.store.events(session or None, since, limit)]
+    return [event_view(e) for e in await read_events(svc.store, session or None, since, limit)]
 
 
 @router.get(
@@ -95,7 +118,7 @@ async def _sse(
         yield "retry: 1000\n\n"
         sent: set[Transition] = set()
         if since is not None:
-            for event in store.events(session, since, MAX_EVENTS):
+            for event in await _backlog(store, session, since):
                 sent.add(event)
                 yield _sse_event(event)
         while not subscription.closed:

@@ -83,11 +83,28 @@ class Event(BaseModel):
     )
 
 
-class Health(BaseModel):
-    """Liveness."""
+class DependencyView(BaseModel):
+    """One dependency's mode (`siesta.health`)."""
 
-    status: str = Field(description='"ok" while siesta runs')
+    mode: str = Field(description='"ok", or "degraded" while it fails (siesta goes on)')
+    detail: str = Field(description="the last error while degraded, else empty")
+    since: float = Field(description="when the mode began (seconds since the epoch)")
+    errors: int = Field(description="failed operations since siesta started")
+    lost: int = Field(description="times its data was found gone and written again")
+
+
+class Health(BaseModel):
+    """Liveness (the answer is 200 whenever siesta runs), and each dependency's mode."""
+
+    status: str = Field(description='"ok", or "degraded" while a dependency is')
     sessions: int = Field(description="sessions known")
+    dependencies: dict[str, DependencyView] = Field(
+        default_factory=dict, description="by name: store (and replicas with Redis)"
+    )
+    pending_writes: int = Field(0, description="records not yet durable in the store")
+    task_errors: dict[str, int] = Field(
+        default_factory=dict, description="errors of background tasks (each was retried)"
+    )
 
 
 class RuleView(BaseModel):

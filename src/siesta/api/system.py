@@ -7,15 +7,29 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from siesta.api.deps import Svc
-from siesta.api.models import Health
+from siesta.api.models import DependencyView, Health
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/healthz", summary="Liveness")
 async def healthz(svc: Svc) -> Health:
-    """Answers while siesta runs."""
-    return Health(status="ok", sessions=len(svc.lifecycle.sessions))
+    """Answers 200 while siesta runs, with each dependency's mode: a degraded store is
+    reported here, not by failing the probe (siesta still serves what it can)."""
+    lifecycle = svc.lifecycle
+    health = lifecycle.health
+    return Health(
+        status=health.status,
+        sessions=len(lifecycle.sessions),
+        dependencies={
+            name: DependencyView(
+                mode=d.mode, detail=d.detail, since=d.since, errors=d.errors, lost=d.lost
+            )
+            for name, d in sorted(health.dependencies.items())
+        },
+        pending_writes=lifecycle.recorder.pending,
+        task_errors=dict(sorted(health.task_errors.items())),
+    )
 
 
 @router.get(

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from siesta.api.deps import Svc
 from siesta.api.errors import ApiProblem
+from siesta.api.events import read_events
 from siesta.savings import charts
 from siesta.savings import report as reporting
 from siesta.savings.costing import model_of
@@ -221,7 +222,7 @@ async def chart(
         draw = partial(charts.intensity, built)
     elif name == "timeline":
         start = now - hours * 3600
-        events = svc.store.events(None, start, TIMELINE_MAX_EVENTS)
+        events = await read_events(svc.store, None, start, TIMELINE_MAX_EVENTS)
         live = svc.lifecycle.sessions
         running = {a.session: a.running for a in accounts if a.session in live}
         spans = reporting.awake_spans(events, start, now, running)

@@ -56,6 +56,10 @@ class Activity:
     bytes: int = 0
     held: int = 0
     watch: Callable[[], None] | None = None
+    # with replicas: the other replicas' open connections and requests in flight, as
+    # they told at most a second ago (the gateway here never writes these)
+    elsewhere_connections: int = 0
+    elsewhere_inflight: int = 0
 
     def fell(self) -> None:
         """`connections` or `inflight` went down: tell the controller, if it asked."""
@@ -109,6 +113,7 @@ class Session:
     failures: int = 0
     retry_at: float = 0.0  # monotonic; a FAILED session refuses wakes before this
     created: float = 0.0  # wall clock
+    fence: int = 0  # fencing token of the wake that started the current backend
 
     def __post_init__(self) -> None:
         self.template = sys.intern(self.template)

@@ -3,24 +3,25 @@
 Called by the `demo` command of `siesta.cli` (what `make demo` runs): a newcomer's
 first look at siesta. It builds the config in code, runs siesta with
 `siesta.app.serve` and shows a live table of the sessions. With `--traffic` it
-drives a scripted scenario through the gateway with a tiny HTTP/1.1 client of its
-own, then prints what the store recorded: wakes, wake times and the backend time
-saved against keeping every backend always on.
+drives a scripted scenario through the gateway (with httpx), then prints what the
+store recorded: wakes, wake times and the backend time saved against keeping every
+backend always on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import math
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -28,9 +29,10 @@ from rich.table import Table
 from rich.text import Text
 
 from siesta.app import AlreadyRunning, Siesta, install_uvloop, serve
-from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, TemplateConf
+from siesta.config import Config, GatewayConf, ReadyConf, SessionConf, StoreConf, TemplateConf
 from siesta.core.duration import format_duration, parse_duration
 from siesta.core.model import Session, State, Transition
+from siesta.httpclient import async_client
 from siesta.store.sqlite import SqliteStore
 from siesta.styles import STATE_STYLE
 
@@ -119,7 +121,7 @@ def demo_config(port: int, idle: float, state_dir: Path) -> Config:
     }
     return Config(
         gateway=GatewayConf(listen=f"{HOST}:{port}", routing="path", waiting_page="auto"),
-        store=state_dir.expanduser().absolute() / "state.db",
+        store=StoreConf(location=str(state_dir.expanduser().absolute() / "state.db")),
         templates={TEMPLATE: template},
         sessions=sessions,
     )
@@ -181,6 +183,12 @@ class Demo:
     script: Script | None = None
 
     @property
+    def _store_path(self) -> Path:
+        path = self.config.store_path
+        assert path is not None  # the demo's store is SQLite
+        return path
+
+    @property
     def idle(self) -> float:
         """The sessions' idle timeout, in seconds."""
         return self.config.templates[TEMPLATE].idle_timeout
@@ -218,7 +226,7 @@ class Demo:
 
     def finish(self) -> int:
         """After siesta stopped: the summary (with traffic) and the exit code."""
-        leftover = _running_backends(self.config.store)
+        leftover = _running_backends(self._store_path)
         for line in leftover:
             self.console.print(f"[red]still running[/red] {line}")
         if self.script is None:
@@ -229,7 +237,7 @@ class Demo:
 
     def _report(self, leftover: list[str]) -> int:
         assert self.script is not None
-        events = _read_events(self.config.store, self.started)
+        events = _read_events(self._store_path, self.started)
         rows = [
             summarize(sid, events, self.script.replies, self.started, self.ended, state)
             for sid, state in self.initial.items()
@@ -321,11 +329,13 @@ class SessionsView:
         self.idle = idle
         self.since = since
         self.status = ""
+        self.recent: deque[Transition] = deque(maxlen=RECENT_EVENTS)
+        app.lifecycle.observers.append(self.recent.append)  # memory: the loop never reads disk
 
     def render(self) -> Group:
         """One frame."""
         sessions = [s for s in self.app.lifecycle.sessions.values() if s.id in SESSIONS]
-        recent = self.app.store.events(since=self.since, limit=1_000_000)[-RECENT_EVENTS:]
+        recent = list(self.recent)
         now = time.monotonic()
         return Group(
             sessions_table(sessions, now, self.idle),
@@ -419,13 +429,15 @@ class Script:
 
     def __init__(self, app: Siesta, view: SessionsView, idle: float):
         assert app.address is not None
-        self.host, self.port = app.address
+        host, port = app.address
+        self.base = f"http://{host}:{port}"
         self.sessions = app.lifecycle.sessions
         self.view = view
         self.idle = idle
         self.replies: list[Reply] = []
         self.late: list[str] = []  # sessions that did not fall asleep in time
         self.finished = False
+        self.http = async_client(REQUEST_TIMEOUT, keepalive=False)  # each request: a visitor
 
     def problems(self) -> list[str]:
         """Every failed request and late sleep, one line each."""
@@ -434,6 +446,10 @@ class Script:
 
     async def run(self) -> None:
         """Play every round."""
+        async with self.http:
+            await self._rounds()
+
+    async def _rounds(self) -> None:
         for number, burst in enumerate(ROUNDS, 1):
             step = f"round {number} of {len(ROUNDS)}"
             if number > 1:
@@ -450,7 +466,7 @@ class Script:
             if index:
                 await asyncio.sleep(GAP * self.idle)
             path = PATHS[index % len(PATHS)]
-            self.replies.append(await fetch(self.host, self.port, session, path))
+            self.replies.append(await fetch(self.http, self.base, session, path))
 
     async def _until_asleep(self, step: str, names: list[str]) -> None:
         loop = asyncio.get_running_loop()
@@ -472,68 +488,22 @@ def _s(names: Sequence[str]) -> str:
     return "s" if len(names) == 1 else ""
 
 
-# --- a tiny HTTP/1.1 client -------------------------------------------------------------
+# --- requests through the gateway -------------------------------------------------------
 
 
-async def fetch(host: str, port: int, session: str, path: str) -> Reply:
+async def fetch(client: httpx.AsyncClient, base: str, session: str, path: str) -> Reply:
     """GET /s/<session><path> through the gateway; never raises."""
     began = time.monotonic()
     try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            status, headers, body = await http_get(host, port, f"/s/{session}{path}")
-    except TimeoutError:
+        response = await client.get(f"{base}/s/{session}{path}")
+    except httpx.TimeoutException:
         return Reply(session, path, 0, time.monotonic() - began, detail="timed out")
-    except (OSError, EOFError, ValueError) as exc:
+    except httpx.HTTPError as exc:
         return Reply(session, path, 0, time.monotonic() - began, detail=str(exc) or repr(exc))
-    detail = "" if status == 200 else body[:120].decode(errors="replace").strip()
-    wake = headers.get("x-siesta-wake", "")
+    status = response.status_code
+    detail = "" if status == 200 else response.content[:120].decode(errors="replace").strip()
+    wake = response.headers.get("x-siesta-wake", "")
     return Reply(session, path, status, time.monotonic() - began, wake, detail)
-
-
-async def http_get(host: str, port: int, target: str) -> tuple[int, dict[str, str], bytes]:
-    """One GET on a fresh connection: status, headers (lower-case names) and body."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: siesta-demo\r\n"
-            "Accept: */*\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        status = parse_status(await reader.readline())
-        headers = await _read_headers(reader)
-        return status, headers, await _read_body(reader, headers)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def parse_status(line: bytes) -> int:
-    """The status code of an HTTP/1.x status line; `ValueError` if it is not one."""
-    if not line:
-        raise ValueError("the gateway closed the connection without an answer")
-    parts = line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP status line: {line[:80]!r}")
-    return int(parts[1])
-
-
-async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n"):
-        if not line:
-            raise EOFError("the connection closed inside the response head")
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return headers
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-    """The body by Content-Length, or up to the close (we asked for `Connection: close`)."""
-    length = headers.get("content-length")
-    if length is not None and length.isdigit():
-        return await reader.readexactly(int(length))
-    return await reader.read()
 
 
 # --- the summary ------------------------------------------------------------------------

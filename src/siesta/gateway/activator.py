@@ -10,10 +10,11 @@ longer than `waiting_page_after`. The hold queue is bounded per session and in a
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import TYPE_CHECKING
 
-from siesta.core.model import Session
+from siesta.core.model import Session, State
 from siesta.lifecycle import WakeError
 
 from .client import COLD
@@ -22,6 +23,8 @@ from .pages import waiting_page
 if TYPE_CHECKING:
     from .client import ClientConnection, Request
     from .server import Gateway
+
+log = logging.getLogger("siesta.gateway")
 
 
 class Activator:
@@ -53,6 +56,11 @@ class Activator:
         session.activity.held -= 1
 
     async def _hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
+        """Wait for the wake, then forward; every other way out is a 503 with Retry-After.
+
+        Nothing here waits without a bound: the wake is given `wake_timeout`, and any
+        error on the way (the lifecycle's, a provider's, the store's) is an answer too.
+        """
         gw = self.gw
         target = req.target[:80].decode("latin-1")
         reason = f"request {req.method.decode('latin-1')} {target}"
@@ -65,25 +73,38 @@ class Activator:
                     return
             await asyncio.wait_for(wake, gw.wake_timeout)
         except TimeoutError:
-            conn.respond(
-                req,
-                503,
-                f"session {session.id!r} did not wake within {gw.wake_timeout:g}s",
-                headers=((b"Retry-After", b"5"),),
-            )
+            why = f"session {session.id!r} did not wake within {gw.wake_timeout:g}s"
+            self._unavailable(conn, req, why, 5.0)
         except WakeError as exc:
-            retry = str(max(1, math.ceil(exc.retry_after))).encode()
-            conn.respond(
-                req,
-                503,
-                f"session {session.id!r} could not be woken",
-                detail=str(exc),  # may name commands and paths: for the log only
-                headers=((b"Retry-After", retry),),
-            )
+            why = f"session {session.id!r} could not be woken"
+            # the error may name commands and paths: for the log only
+            self._unavailable(conn, req, why, exc.retry_after, detail=str(exc))
+        except Exception as exc:
+            log.exception("%s: waking for a held request failed", session.id)
+            why = f"session {session.id!r} could not be woken"
+            self._unavailable(conn, req, why, 5.0, detail=f"{type(exc).__name__}: {exc}")
         else:
-            if req is conn.current and not conn.closing and session.endpoint is not None:
+            if req is not conn.current or conn.closing:
+                return  # the client went away meanwhile
+            endpoint = session.endpoint
+            if session.state is State.AWAKE and endpoint is not None:
                 req.hold = None
-                conn.forward(req, session.endpoint)
+                conn.forward(req, endpoint)
+            else:
+                why = f"session {session.id!r} went to sleep again before it could serve"
+                self._unavailable(conn, req, why, 1.0)
+
+    def _unavailable(
+        self,
+        conn: ClientConnection,
+        req: Request,
+        why: str,
+        retry_after: float,
+        *,
+        detail: str | None = None,
+    ) -> None:
+        retry = str(max(1, math.ceil(retry_after))).encode()
+        conn.respond(req, 503, why, detail=detail, headers=((b"Retry-After", retry),))
 
     def _waiting_page(
         self, conn: ClientConnection, req: Request, session: Session, wake: asyncio.Future[Session]

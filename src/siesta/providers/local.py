@@ -62,8 +62,11 @@ class LocalProvider:
         *,
         base_url: Callable[[str], str] = lambda session: f"/s/{session}/",
         host: str = "127.0.0.1",
+        instance: str | None = None,
     ):
         self._templates = templates
+        self._instance = instance
+        self._scanned = False
         self._log_dir = log_dir
         self._base_url = base_url
         self._host = host
@@ -85,6 +88,8 @@ class LocalProvider:
         argv = [fill(arg, values) for arg in tpl.command]
         env = {**os.environ, **{k: fill(v, values) for k, v in tpl.env.items()}}
         env.update(PORT=str(port), SIESTA_SESSION=session, SIESTA_BASE_URL=values["base_url"])
+        if self._instance is not None:  # not secret: how find_backends knows its own
+            env[INSTANCE_ENV] = self._instance
         popen = self._spawn(session, argv, env, tpl.cwd)
         proc = self._watch(session, popen.pid, popen)
         return RunningBackend(session, Endpoint(self._host, port), proc.pid, proc.started)
@@ -93,10 +98,11 @@ class LocalProvider:
         self, session: str, argv: list[str], env: dict[str, str], cwd: Path | None
     ) -> subprocess.Popen[bytes]:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._log_dir / f"{session}.log", "ab") as log:
+        with open(self._log_dir / f"{session}.log", "ab", buffering=0) as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"--- siesta: starting {session} at {stamp}: {argv}\n".encode())
-            log.flush()
+            with contextlib.suppress(OSError):  # a full disk loses the line, not the start
+                log.write(f"--- siesta: starting {session} at {stamp}: {argv}\n".encode())
+                log.flush()
             try:
                 return subprocess.Popen(
                     argv,
@@ -157,7 +163,21 @@ class LocalProvider:
         return BackendStatus(running=True, cpu_percent=cpu, memory_bytes=memory)
 
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
-        return [c for c in candidates if self._adopt_one(c)]
+        """Candidates whose pid runs with the same start time; with an `instance`, those
+        whose record was stale or never written are looked for among this deployment's
+        processes (`find_backends`). The first call (at start-up) also returns the
+        backends of sessions that are not among the candidates (the caller decides)."""
+        adopted = [c for c in candidates if self._adopt_one(c)]
+        missing = {c.session for c in candidates} - {b.session for b in adopted}
+        first, self._scanned = not self._scanned, True
+        if self._instance is None or not (missing or first):
+            return adopted
+        found = await asyncio.to_thread(find_backends, self._instance, self._host)
+        for backend in found:
+            wanted = backend.session in missing or (first and backend.session not in self._procs)
+            if wanted and self._adopt_one(backend):
+                adopted.append(backend)
+        return adopted
 
     def measures(self, template: str) -> bool:
         return True
@@ -184,6 +204,9 @@ class LocalProvider:
         pid, started = candidate.pid, candidate.pid_started
         if pid is None or started is None:
             return False
+        watched = self._procs.get(candidate.session)
+        if watched is not None and watched.pid == pid and not watched.exited.is_set():
+            return True  # already ours (started here, or adopted before)
         try:
             if abs(psutil.Process(pid).create_time() - started) > SAME_START:
                 return False  # the pid was reused by another process
@@ -200,6 +223,45 @@ class LocalProvider:
             loop.remove_reader(proc.pidfd)
             os.close(proc.pidfd)
         self._procs.clear()
+
+
+INSTANCE_ENV = "SIESTA_INSTANCE"
+"""Set in every backend's environment to `Config.instance_id` (with SIESTA_SESSION and
+PORT): not a secret, a mark by which `find_backends` recognises this deployment's own."""
+
+
+def find_backends(instance: str, host: str) -> list[RunningBackend]:
+    """The running backends of deployment `instance`, found by scanning processes.
+
+    A backend is a process-group leader whose environment has SIESTA_INSTANCE=`instance`
+    (its children inherit the environment but lead no group); its session and port come
+    from SIESTA_SESSION and PORT. It needs no store: a backend started just before a
+    crash, or by a replica that died mid-wake, is found all the same. Processes whose
+    environment cannot be read (other users') are skipped. Blocking: run it in a thread.
+    """
+    found: list[RunningBackend] = []
+    marker = f"{INSTANCE_ENV}={instance}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                raw = handle.read()
+            if marker not in raw:
+                continue
+            env = dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+            session, port = env.get(b"SIESTA_SESSION"), env.get(b"PORT")
+            if env.get(INSTANCE_ENV.encode()) != instance.encode() or not session or not port:
+                continue
+            if os.getpgid(pid) != pid:
+                continue
+            started = psutil.Process(pid).create_time()
+            endpoint = Endpoint(host, int(port))
+        except (OSError, ValueError, psutil.Error):
+            continue
+        found.append(RunningBackend(session.decode(), endpoint, pid, started))
+    return found
 
 
 def _group(proc: _Process) -> list[psutil.Process]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from html import escape
 
-from .report import SOURCES, Line, Report, hours, mass, money, seconds
+from .report import COLUMNS, SOURCES, WIDE_COLUMNS, Line, Report, mass, money, row_cells
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:980px;padding:1rem;color:#1d2733}
@@ -27,45 +27,13 @@ figure{margin:1rem 0}svg{max-width:100%;height:auto}
 .scroll{overflow-x:auto}
 """
 
-_HEAD = (
-    "awake h",
-    "of h",
-    "awake",
-    "wakes",
-    "wake p50",
-    "wake p95",
-    "cost",
-    "always-on",
-    "saved $",
-    "saved CO2e",
-    "SCI g/h",
-)
-
-
-def _cells(line: Line) -> list[str]:
-    c = line.costed
-    sci = c.sci_g_per_session_hour
-    return [
-        hours(c.awake_seconds),
-        hours(c.tracked_seconds),
-        f"{c.awake_share:.0%}",
-        str(c.wakes),
-        seconds(c.wake_times.quantile(0.5)),
-        seconds(c.wake_times.quantile(0.95)),
-        money(c.actual.usd),
-        money(c.always_on.usd),
-        money(c.saved_usd),
-        mass(c.saved_kg_co2e),
-        "-" if sci is None else f"{sci:.1f}",
-    ]
-
 
 def _table(caption: str, first: str, lines: tuple[Line, ...], extra: Line | None = None) -> str:
-    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in (first, *_HEAD))
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in (first, *COLUMNS, *WIDE_COLUMNS))
     rows = []
     for line in (*lines, *((extra,) if extra else ())):
         name = line.name if line.active else f"{line.name} (deleted)"
-        cells = "".join(f"<td>{escape(c)}</td>" for c in _cells(line))
+        cells = "".join(f"<td>{escape(c)}</td>" for c in row_cells(line, wide=True))
         rows.append(f'<tr><th scope="row">{escape(name)}</th>{cells}</tr>')
     return (
         f'<div class="scroll"><table><caption hidden>{escape(caption)}</caption>'

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from siesta.core.model import Session, Transition
 from siesta.ledger import Account, accounts_from, add_usage, apply, closed_at, open_account
-from siesta.store.base import Store
+from siesta.store.accounts import LedgerStore
 
 log = logging.getLogger("siesta.savings")
 
@@ -65,7 +65,7 @@ class LedgerKeeper:
 
     def __init__(
         self,
-        store: Store,
+        store: LedgerStore,
         sessions: Sessions,
         *,
         clock: Callable[[], float] = time.time,

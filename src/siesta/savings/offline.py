@@ -9,14 +9,17 @@ awake session has used since its last sleep.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from siesta import replay
 from siesta.config import Config
+from siesta.core.model import Transition
 from siesta.ledger import Account, accounts_from, closed_at
-from siesta.store.sqlite import SqliteStore
+from siesta.store import open_store
+from siesta.store.base import SessionRecord
 
 from . import replayed
 from .keeper import MAX_REBUILD_EVENTS
@@ -43,21 +46,12 @@ class Snapshot:
 
 def from_store(config: Config, timeline: float, now: float | None = None) -> Snapshot:
     """What the store of `config` holds, up to now; the timeline covers `timeline` s."""
-    if not config.store.exists():
-        raise NoData(f"no state yet at {config.store}: siesta has not run with this config")
+    path = config.store_path
+    if path is not None and not path.exists():
+        raise NoData(f"no state yet at {path}: siesta has not run with this config")
     at = time.time() if now is None else now
-    store = SqliteStore(config.store)
-    try:
-        records = store.sessions()
-        stored = {a.session: a for a in store.accounts()}
-        missing = {r.id: (r.template, r.created) for r in records if r.id not in stored}
-        if missing:  # a store written before the ledger existed
-            events = store.events(None, None, MAX_REBUILD_EVENTS)
-            stored |= accounts_from(events, missing)
-        start = at - timeline
-        window = store.events(None, start, MAX_TIMELINE_EVENTS)
-    finally:
-        store.close()
+    start = at - timeline
+    records, stored, window = asyncio.run(_read(config, start))
     accounts = [closed_at(a, at) for _, a in sorted(stored.items())]
     running = {a.session: a.running for a in accounts}
     return Snapshot(
@@ -67,6 +61,26 @@ def from_store(config: Config, timeline: float, now: float | None = None) -> Sna
         awake_spans(window, start, at, running),
         frozenset(r.id for r in records),
     )
+
+
+async def _read(
+    config: Config, start: float
+) -> tuple[list[SessionRecord], dict[str, Account], list[Transition]]:
+    """The stored sessions, their accounts (rebuilt for a store older than the ledger),
+    and the events since `start`."""
+    store = open_store(config.store, config.instance_id)
+    try:
+        await store.open()
+        records = await store.sessions()
+        stored = {a.session: a for a in await store.accounts()}
+        missing = {r.id: (r.template, r.created) for r in records if r.id not in stored}
+        if missing:  # a store written before the ledger existed
+            events = await store.events(None, None, MAX_REBUILD_EVENTS)
+            stored |= accounts_from(events, missing)
+        window = await store.events(None, start, MAX_TIMELINE_EVENTS)
+    finally:
+        await store.close()
+    return records, stored, window
 
 
 def from_trace(config: Config, trace: Path, wake_seconds: float) -> Snapshot:

@@ -83,10 +83,10 @@ def build(
     for line in sessions:
         by_template.setdefault(line.template, []).append(line.costed)
     templates = tuple(Line(t, t, total(c)) for t, c in sorted(by_template.items()))
-    hours = [0.0] * HOURS
+    by_hour = [0.0] * HOURS
     for account in accounts:
-        for h, seconds in enumerate(account.awake_by_hour):
-            hours[h] += seconds
+        for h, awake in enumerate(account.awake_by_hour):
+            by_hour[h] += awake
     return Report(
         at,
         sessions,
@@ -95,7 +95,7 @@ def build(
         savings.region,
         savings.profile,
         savings,
-        tuple(hours),
+        tuple(by_hour),
     )
 
 
@@ -187,12 +187,16 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
 
 
-_COLUMNS = ("awake h", "of h", "share", "wakes", "p50", "p95", "cost", "saved", "CO2e saved")
+COLUMNS = ("awake h", "of h", "share", "wakes", "wake p50", "wake p95", "cost", "saved $")
+WIDE_COLUMNS = ("always-on", "CO2e saved", "SCI g/h")
+"""The columns of a row of the text report, and the HTML's (it has room for more)."""
 
 
-def _row(line: Line) -> list[str]:
+def row_cells(line: Line, wide: bool = False) -> list[str]:
+    """A row of the report as text cells: `COLUMNS`, then `WIDE_COLUMNS` when `wide`
+    (else only CO2e saved)."""
     c = line.costed
-    return [
+    cells = [
         hours(c.awake_seconds),
         hours(c.tracked_seconds),
         f"{c.awake_share:.0%}",
@@ -201,21 +205,29 @@ def _row(line: Line) -> list[str]:
         seconds(c.wake_times.quantile(0.95)),
         money(c.actual.usd),
         money(c.saved_usd),
+    ]
+    if not wide:
+        return [*cells, mass(c.saved_kg_co2e)]
+    sci = c.sci_g_per_session_hour
+    return [
+        *cells,
+        money(c.always_on.usd),
         mass(c.saved_kg_co2e),
+        "-" if sci is None else f"{sci:.1f}",
     ]
 
 
 def _table(title: str, first: str, lines: Sequence[Line], extra: Line | None = None) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     table.add_column(first, no_wrap=True)
-    for name in _COLUMNS:
+    for name in (*COLUMNS, "CO2e saved"):
         table.add_column(name, justify="right")
     for line in lines:
         name = line.name if line.active else f"{line.name} (deleted)"
-        table.add_row(name, *_row(line))
+        table.add_row(name, *row_cells(line))
     if extra is not None:
         table.add_section()
-        table.add_row(Text(extra.name, style="bold"), *_row(extra))
+        table.add_row(Text(extra.name, style="bold"), *row_cells(extra))
     return table
 
 

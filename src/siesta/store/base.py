@@ -1,7 +1,14 @@
 """The store interface: sessions, and the event log of their transitions.
 
-The lifecycle runner is the only writer; `siesta status` reads. Writes happen
-on transitions only, never per request.
+The lifecycle runner is the only writer, through the write-behind `Recorder`
+(`siesta.store.writer`): it hands over what changed and never waits for the store.
+The admin API and `siesta status` read. Writes happen on transitions and in
+activity batches, never per request.
+
+A `Store` is asynchronous and never blocks the event loop: the SQLite one runs its
+I/O on threads of its own (`siesta.store.sqlite.ThreadedSqlite`), the Redis one
+talks to Redis through redis-py's asyncio client. To add a method: add it here,
+to `SqliteStore` (blocking) with its wrapper in `ThreadedSqlite`, and to `RedisStore`.
 """
 
 from __future__ import annotations
@@ -12,10 +19,19 @@ from typing import Protocol
 from siesta.core.model import Endpoint, Session, State, Transition
 from siesta.ledger import Account
 
+PRUNE_BATCH = 5000
+"""Events deleted at most by one `Store.prune` call: the store is busy briefly each time,
+and writes go in between."""
+
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
-    """A session as stored: enough to rebuild it and re-adopt its backend."""
+    """A session as stored: enough to rebuild it and re-adopt its backend.
+
+    `fence` is the fencing token of the wake that started the backend described
+    here: a store keeps the record with the highest one, so a late write of a
+    replica that lost its wake cannot overwrite a newer truth.
+    """
 
     id: str
     template: str
@@ -27,6 +43,7 @@ class SessionRecord:
     last_seen: float | None = None  # wall clock of the last traffic, flushed in batches
     created: float = 0.0
     updated: float = 0.0
+    fence: int = 0
 
     @classmethod
     def of(cls, session: Session, updated: float) -> SessionRecord:
@@ -41,49 +58,118 @@ class SessionRecord:
             pid_started=session.pid_started,
             created=session.created,
             updated=updated,
+            fence=session.fence,
         )
 
 
-class Store(Protocol):
-    """Sessions and events. Implementations must be safe to open from a second process."""
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A session to add (ASLEEP) unless it exists; its template and labels are refreshed."""
 
-    def register(self, session_id: str, template: str, labels: dict[str, str], now: float) -> None:
-        """Add a session (ASLEEP) unless it exists; its template and labels are refreshed."""
+    template: str
+    labels: dict[str, str]
+    created: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """Writes gathered while the store was busy, applied together.
+
+    Per session, in this order: `deleted` (forget it), `registered` (add it unless
+    it exists), `records` (its latest state). Then `events` in the order they
+    happened, then `last_seen` (wall-clock times of the last traffic, kept if newer),
+    then the ledger's `accounts` (a deleted session's account stays).
+    """
+
+    deleted: set[str] = field(default_factory=set)
+    registered: dict[str, Registration] = field(default_factory=dict)
+    records: dict[str, SessionRecord] = field(default_factory=dict)
+    events: list[Transition] = field(default_factory=list)
+    last_seen: dict[str, float] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)  # ledger accounts, latest
+
+    def __len__(self) -> int:
+        return (
+            len(self.deleted)
+            + len(self.registered)
+            + len(self.records)
+            + len(self.events)
+            + len(self.last_seen)
+            + len(self.accounts)
+        )
+
+    def delete(self, session_id: str) -> None:
+        """Forget `session_id`: what was pending for it is dropped."""
+        self.registered.pop(session_id, None)
+        self.records.pop(session_id, None)
+        self.last_seen.pop(session_id, None)
+        self.deleted.add(session_id)
+
+    def then(self, later: Batch) -> Batch:
+        """This batch followed by `later` (the newer writes win); `later` is consumed."""
+        for sid in later.deleted:
+            self.delete(sid)
+        self.registered.update(later.registered)
+        self.records.update(later.records)
+        self.events.extend(later.events)
+        for sid, at in later.last_seen.items():
+            self.last_seen[sid] = max(at, self.last_seen.get(sid, at))
+        self.accounts.update(later.accounts)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What `Store.check` found: `lost` says the stored data is gone (a store file
+    deleted or replaced, a Redis restarted empty) and was recreated empty: whoever
+    holds the truth must write it again. `detail` says what happened, for the log."""
+
+    lost: bool = False
+    detail: str = ""
+
+
+class Store(Protocol):
+    """Sessions and events; every method may raise when the store is unavailable."""
+
+    @property
+    def kind(self) -> str:
+        """ "sqlite" or "redis": names the dependency in /healthz and the metrics."""
         ...
 
-    def sessions(self) -> list[SessionRecord]:
+    async def open(self) -> None:
+        """Connect, or create the store where it does not exist yet."""
+        ...
+
+    async def sessions(self) -> list[SessionRecord]:
         """Every stored session."""
         ...
 
-    def save(self, record: SessionRecord, event: Transition | None = None) -> None:
-        """Write a session's state (and the event that changed it) atomically."""
+    async def write(self, batch: Batch) -> None:
+        """Apply `batch` (see `Batch` for the order); all of it or, on error, none."""
         ...
 
-    def touch(self, last_seen: dict[str, float]) -> None:
-        """Record when sessions last saw traffic (wall clock), in one batch."""
-        ...
-
-    def delete(self, session_id: str) -> None:
-        """Forget a session (its events stay)."""
-        ...
-
-    def events(
+    async def events(
         self, session: str | None = None, since: float | None = None, limit: int = 1000
     ) -> list[Transition]:
         """Events, oldest first, optionally of one session and after `since` (wall clock)."""
         ...
 
-    def close(self) -> None:
+    async def prune(self, before: float) -> int:
+        """Delete up to `PRUNE_BATCH` events from before `before` (wall clock); how many."""
+        ...
+
+    async def check(self) -> Checked:
+        """Whether the store is still the one opened; recreate it if it is gone."""
+        ...
+
+    async def close(self) -> None:
         """Release the store."""
         ...
 
-    # -- the ledger: one account per session (siesta.ledger), written by
-    # siesta.savings.keeper on its transitions; read whole, in O(sessions) --
+    # -- the ledger: one account per session (siesta.ledger), kept by
+    # siesta.savings.keeper; written through the write-behind queue (`Batch.accounts`),
+    # read whole at start-up, in O(sessions) --
 
-    def accounts(self) -> list[Account]:
+    async def accounts(self) -> list[Account]:
         """Every stored ledger account (deleted sessions' too), by session id."""
-        ...
-
-    def save_account(self, account: Account) -> None:
-        """Write one session's ledger account, replacing the stored one."""
         ...

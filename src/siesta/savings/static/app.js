@@ -42,7 +42,17 @@ function duration(seconds) {
   return h < 48 ? `${h}h ${Math.floor((s % 3600) / 60)}m` : `${Math.floor(h / 24)}d ${h % 24}h`;
 }
 
-function money(usd) { return Math.abs(usd) >= 100 ? `$${usd.toFixed(0)}` : `$${usd.toFixed(4)}`; }
+function money(usd) {
+  const size = Math.abs(usd);
+  if (size >= 100) return `$${usd.toFixed(0)}`;
+  if (size >= 1) return `$${usd.toFixed(2)}`;
+  return size >= 0.01 || size === 0 ? `$${usd.toFixed(4)}` : `$${usd.toPrecision(2)}`;
+}
+let savingsSoon = null;
+function refreshSavingsSoon() { // after a wake or a sleep; several in a row cost one call
+  clearTimeout(savingsSoon);
+  savingsSoon = setTimeout(() => loadSavings().catch(() => {}), 1000);
+}
 function mass(kg) { return Math.abs(kg) >= 1 ? `${kg.toFixed(2)} kg` : `${(kg * 1000).toFixed(1)} g`; }
 function share(x) { return `${Math.round(x * 100)}%`; }
 
@@ -259,6 +269,7 @@ function listen() {
     if (event.new === "AWAKE" || event.new === "ASLEEP" || event.new === "FAILED") {
       say(`${event.session} is ${event.new}: ${event.reason}`);
       api(`/api/sessions/${encodeURIComponent(event.session)}`).then(fillRow).catch(() => {});
+      refreshSavingsSoon();
     }
     if (openSession === event.session) $("events").prepend(eventLine(event));
   });

@@ -1,0 +1,133 @@
+"""The two stores behave alike: SQLite (on its threads) and Redis (a real redis-server).
+
+Each test runs on both: batches, the fence that keeps a newer record from being
+overwritten, event queries, pruning by retention, and a store whose data is lost
+(the SQLite file deleted, Redis restarted empty) being noticed and recreated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from siesta.config import StoreConf
+from siesta.core.model import Endpoint, State, Transition
+from siesta.store import open_store
+from siesta.store.base import Batch, Checked, Registration, SessionRecord, Store
+
+from .redis_server import RedisServer, running_redis
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, empty store of each kind."""
+    if request.param == "sqlite":
+        opened = open_store(StoreConf(location=str(tmp_path / "state.db")), "test")
+        await opened.open()
+        await opened.check()
+        yield opened
+        await opened.close()
+        return
+    with running_redis(tmp_path / "redis") as server:
+        opened = open_store(StoreConf(location=server.url), "test")
+        opened.server = server  # type: ignore[attr-defined]  # for the loss test
+        await opened.open()
+        await opened.check()
+        yield opened
+        await opened.close()
+
+
+def _registered(*ids: str) -> Batch:
+    return Batch(registered={sid: Registration("web", {"tier": "gold"}, 100.0) for sid in ids})
+
+
+def _event(sid: str, at: float, old: State, new: State) -> Transition:
+    return Transition(sid, at, old, new, f"{old} to {new}", 0.5 if new is State.AWAKE else None)
+
+
+async def test_a_batch_registers_records_and_logs(store: Store) -> None:
+    """Registered sessions are ASLEEP; a record and events of the same batch land
+    together; last_seen only moves forward; a deleted session is gone."""
+    await store.write(_registered("alice", "bob", "carol"))
+    awake = SessionRecord(
+        "alice", "web", {"tier": "gold"}, State.AWAKE, Endpoint("127.0.0.1", 4000), 42, 7.5,
+        created=100.0, updated=101.0, fence=1,
+    )  # fmt: skip
+    batch = Batch(
+        records={"alice": awake},
+        events=[_event("alice", 101.0, State.ASLEEP, State.WAKING)],
+        last_seen={"alice": 150.0},
+    )
+    batch.delete("carol")
+    await store.write(batch)
+    await store.write(Batch(last_seen={"alice": 120.0}))
+    records = {r.id: r for r in await store.sessions()}
+    assert set(records) == {"alice", "bob"}
+    assert records["bob"].state is State.ASLEEP
+    assert records["bob"].labels == {"tier": "gold"}
+    alice = records["alice"]
+    assert (alice.state, alice.endpoint, alice.pid, alice.pid_started) == (
+        State.AWAKE, Endpoint("127.0.0.1", 4000), 42, 7.5,
+    )  # fmt: skip
+    assert (alice.fence, alice.last_seen) == (1, 150.0)
+
+
+async def test_an_older_fence_never_overwrites_a_newer_record(store: Store) -> None:
+    """A late write from a wake that lost its lease (older fence) is ignored."""
+    await store.write(_registered("alice"))
+    newer = SessionRecord("alice", "web", state=State.AWAKE, fence=3, created=100.0)
+    stale = SessionRecord("alice", "web", state=State.ASLEEP, fence=2, created=100.0)
+    await store.write(Batch(records={"alice": newer}))
+    await store.write(Batch(records={"alice": stale}))
+    (alice,) = await store.sessions()
+    assert (alice.state, alice.fence) == (State.AWAKE, 3)
+
+
+async def test_events_by_session_time_and_limit_and_pruning(store: Store) -> None:
+    """Events come oldest first, filtered by session and `since`, cut at `limit`; prune
+    removes those before the cut-off only."""
+    now = 1_700_000_000.0
+    events = [_event(sid, now + i, State.ASLEEP, State.WAKING) for i, sid in enumerate("abab")]
+    await store.write(Batch(events=events))
+    assert await store.events() == events
+    assert await store.events("a") == [events[0], events[2]]
+    assert await store.events(since=now + 1) == events[2:]
+    assert await store.events(limit=3) == events[:3]
+    old = _event("a", 1000.0, State.AWAKE, State.STOPPING)
+    if store.kind == "sqlite":  # Redis orders its stream by arrival, so old ones come first
+        await store.write(Batch(events=[old]))
+        assert await store.prune(now) == 1
+        assert await store.events() == events
+
+
+async def test_a_lost_store_is_noticed_and_recreated(store: Store) -> None:
+    """The SQLite file deleted, or Redis restarted empty: `check` says the data is lost
+    (once), and the store works again, empty."""
+    await store.write(_registered("alice"))
+    assert not (await store.check()).lost
+    if store.kind == "sqlite":
+        path = Path(getattr(store, "path"))  # noqa: B009
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            name.unlink(missing_ok=True)
+    else:
+        server: RedisServer = getattr(store, "server")  # noqa: B009
+        server.restart()
+    checked = await _check_until_answered(store)
+    assert checked.lost
+    assert checked.detail
+    assert not (await store.check()).lost
+    assert await store.sessions() == []
+    await store.write(_registered("bob"))
+    assert [r.id for r in await store.sessions()] == ["bob"]
+
+
+async def _check_until_answered(store: Store) -> Checked:
+    """`check`, retried while a restarted Redis refuses the first connection."""
+    for _ in range(50):
+        try:
+            return await store.check()
+        except Exception:  # the client reconnects on the next call
+            continue
+    return await store.check()
