@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -123,12 +123,13 @@ class DockerProvider:
         *,
         instance: str,
         base_url: Callable[[str], str] = lambda session: f"/s/{session}/",
-        known: Callable[[], Collection[str]] | None = None,
+        known: Callable[[], Mapping[str, object]] | None = None,
         url: str | None = None,
     ):
         """`instance` labels and names the containers; `known` answers the sessions that
-        exist (their containers are kept; None: keep every container); `url` overrides
-        DOCKER_HOST (tests)."""
+        exist, by id, with their `state` (containers of others are removed; one running
+        while its session is ASLEEP or FAILED is stopped; None: keep every container);
+        `url` overrides DOCKER_HOST (tests)."""
         self._templates = templates
         self._instance = instance
         self._base_url = base_url
@@ -200,18 +201,18 @@ class DockerProvider:
         return BackendStatus(running=True, cpu_percent=percent, memory_bytes=usage.memory_bytes)
 
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
-        """The candidates whose container runs; every container of this instance is noted
-        (stopped ones are started again on the next wake, not created anew)."""
+        """Every running container of this instance, found by its labels (running means
+        awake: the lifecycle keeps those it records AWAKE and stops the others); every
+        stopped one is noted too, so the next wake starts it rather than making another."""
         try:
             listed = await self._call(self._list(), self._host_words)
         except StartError as exc:
             log.warning("cannot list containers, adopting none: %s", exc)
             return []
-        wanted = {c.session for c in candidates}
         adopted: list[RunningBackend] = []
         for item in listed:
             session, box = self._note(item)
-            if session is None or box is None or session not in wanted:
+            if session is None or box is None:
                 continue
             backend = await self._adopt_one(session, box, item)
             if backend is not None:
@@ -507,7 +508,7 @@ class DockerProvider:
         while their session sleeps, remove those of sessions that no longer exist."""
         began = time.monotonic()
         listed = await self._call(self._list(), self._host_words)
-        known = None if self._known is None else set(self._known())
+        known = None if self._known is None else dict(self._known())
         seen: set[str] = set()
         for item in listed:
             session, box = self._note(item)
@@ -522,7 +523,7 @@ class DockerProvider:
                 await self._confirm_exit(session, box, None)
 
     async def _settle(
-        self, session: str, box: _Box, item: Mapping[str, Any], known: set[str] | None
+        self, session: str, box: _Box, item: Mapping[str, Any], known: dict[str, object] | None
     ) -> None:
         is_running = item.get("State") == "running"
         if known is not None and session not in known:
@@ -533,7 +534,7 @@ class DockerProvider:
             self._boxes.pop(session, None)
         elif box.live and not is_running:
             await self._confirm_exit(session, box, str(item["Id"]))
-        elif is_running and not box.live:
+        elif is_running and not box.live and _asleep(known, session):
             log.info("%s: stopping its container: it runs while the session sleeps", session)
             template = self._template_of(session)
             async with box.lock:
@@ -595,6 +596,13 @@ class DockerProvider:
             raise
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StartError(words(exc)) from exc
+
+
+def _asleep(known: dict[str, object] | None, session: str) -> bool:
+    """Whether siesta holds `session` asleep: a running container of it is a stray. (With
+    replicas, another replica may have woken it: its container is not ours to stop.)"""
+    state = getattr((known or {}).get(session), "state", "ASLEEP")
+    return str(state) in ("ASLEEP", "FAILED")
 
 
 async def _close(stream: object) -> None:
