@@ -35,6 +35,7 @@ import aiodocker
 import aiohttp
 
 from siesta.core import container as spec
+from siesta.health import Health
 
 from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
 from .local import fill
@@ -125,16 +126,19 @@ class DockerProvider:
         base_url: Callable[[str], str] = lambda session: f"/s/{session}/",
         known: Callable[[], Mapping[str, object]] | None = None,
         url: str | None = None,
+        health: Health | None = None,
     ):
         """`instance` labels and names the containers; `known` answers the sessions that
         exist, by id, with their `state` (containers of others are removed; one running
         while its session is ASLEEP or FAILED is stopped; None: keep every container);
-        `url` overrides DOCKER_HOST (tests)."""
+        `url` overrides DOCKER_HOST (tests); `health` gets the mode of dependency
+        "docker": degraded while dockerd cannot be followed."""
         self._templates = templates
         self._instance = instance
         self._base_url = base_url
         self._known = known
         self._url = url
+        self._health = health or Health()
         self._client: aiodocker.Docker | None = None
         self._boxes: dict[str, _Box] = {}
         self._on_exit: ExitHandler = lambda session, reason: None
@@ -427,6 +431,7 @@ class DockerProvider:
                 if self.connected:
                     log.warning("Docker's event stream broke (%s); reconnecting", exc)
                 log.debug("docker events: %r", exc)
+                self._health.degraded("docker", f"{self._host()}: {exc}")
             self.connected = False
             self._tried.set()
             await asyncio.sleep(delay)
@@ -448,6 +453,7 @@ class DockerProvider:
             if not self.connected:
                 log.info("following Docker's events at %s", self._host())
             self.connected = True
+            self._health.ok("docker")
             try:
                 await self.sweep()
             finally:
