@@ -12,12 +12,20 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import yaml
 
 from siesta.core.model import State
 
-from .conftest import Launcher, free_port, wait_for
+from .conftest import Launcher, SiestaProcess, free_port, wait_for
 from .dockerd import PrivateDockerd, build_test_image
 from .test_docker import container_template, instance_of, only_container
+
+
+def docker_mode(proc: SiestaProcess) -> str:
+    """The mode of dependency "docker" in siesta's /healthz."""
+    admin = yaml.safe_load(proc.config.read_text())["gateway"]["admin_listen"]
+    health = httpx.get(f"http://{admin}/healthz", timeout=10).json()
+    return str(health["dependencies"]["docker"]["mode"])
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +80,22 @@ def test_dockerd_killed_and_restarted_strands_nothing(
 def test_a_wake_while_dockerd_is_down_gets_a_prompt_503(
     siesta: Launcher, daemon: PrivateDockerd
 ) -> None:
-    """dockerd stopped: a request for a sleeping container session gets 503 saying Docker
-    cannot be reached, and the session is not left WAKING; once dockerd is back, the next
-    request is served."""
+    """dockerd stopped: /healthz says docker is degraded; a request for a sleeping
+    container session gets 503 (the event says Docker cannot be reached), and the session
+    is not left WAKING; once dockerd is back, docker is ok again and the next request is
+    served."""
     proc = siesta(templates={"box": container_template()}, sessions={"alice": {"template": "box"}})
     instance = instance_of(proc)
+    assert docker_mode(proc) == "ok"
     daemon.stop()
     try:
+        wait_for(lambda: docker_mode(proc) == "degraded", 15, "docker degraded in /healthz")
         answer = httpx.get(proc.url("alice"), timeout=30)
         assert answer.status_code == 503
         assert "cannot reach the Docker daemon" in proc.events("alice")[-1].reason
         assert proc.state("alice") is State.ASLEEP  # one failure of three: it may retry
     finally:
         daemon.start()
+    wait_for(lambda: docker_mode(proc) == "ok", 15, "docker ok again in /healthz")
     assert httpx.get(proc.url("alice"), timeout=30).status_code == 200
     daemon.engine.cleanup(instance)

@@ -164,14 +164,14 @@ async def test_the_sweep_removes_the_container_of_a_deleted_session(
 ) -> None:
     """A sleeping session's container is kept while the session exists; once it is gone,
     the next sweep removes the container (a named volume would stay)."""
-    sessions = {"alice", "bob"}
+    sessions: dict[str, object] = {"alice": "ASLEEP", "bob": "ASLEEP"}
     provider = DockerProvider(templates(), instance=instance, known=lambda: sessions)
     try:
         await provider.start("alice", "box")
         await provider.stop("alice", 0)
         await provider.sweep()
         assert len(docker_engine.containers(instance)) == 1
-        sessions.discard("alice")
+        del sessions["alice"]
         await provider.sweep()
         assert docker_engine.containers(instance) == []
     finally:

@@ -160,6 +160,7 @@ class Siesta:
                 instance=self.config.instance_id,
                 base_url=self._base_url,
                 known=lambda: self.lifecycle.sessions,
+                health=self.health,
             )
             providers["docker"] = self.docker
         return ByTemplate(providers, kinds)

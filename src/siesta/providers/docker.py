@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -35,6 +35,7 @@ import aiodocker
 import aiohttp
 
 from siesta.core import container as spec
+from siesta.health import Health
 
 from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
 from .local import fill
@@ -123,17 +124,21 @@ class DockerProvider:
         *,
         instance: str,
         base_url: Callable[[str], str] = lambda session: f"/s/{session}/",
-        known: Callable[[], Collection[str]] | None = None,
+        known: Callable[[], Mapping[str, object]] | None = None,
         url: str | None = None,
+        health: Health | None = None,
     ):
         """`instance` labels and names the containers; `known` answers the sessions that
-        exist (their containers are kept; None: keep every container); `url` overrides
-        DOCKER_HOST (tests)."""
+        exist, by id, with their `state` (containers of others are removed; one running
+        while its session is ASLEEP or FAILED is stopped; None: keep every container);
+        `url` overrides DOCKER_HOST (tests); `health` gets the mode of dependency
+        "docker": degraded while dockerd cannot be followed."""
         self._templates = templates
         self._instance = instance
         self._base_url = base_url
         self._known = known
         self._url = url
+        self._health = health or Health()
         self._client: aiodocker.Docker | None = None
         self._boxes: dict[str, _Box] = {}
         self._on_exit: ExitHandler = lambda session, reason: None
@@ -200,18 +205,18 @@ class DockerProvider:
         return BackendStatus(running=True, cpu_percent=percent, memory_bytes=usage.memory_bytes)
 
     async def adopt(self, candidates: list[RunningBackend]) -> list[RunningBackend]:
-        """The candidates whose container runs; every container of this instance is noted
-        (stopped ones are started again on the next wake, not created anew)."""
+        """Every running container of this instance, found by its labels (running means
+        awake: the lifecycle keeps those it records AWAKE and stops the others); every
+        stopped one is noted too, so the next wake starts it rather than making another."""
         try:
             listed = await self._call(self._list(), self._host_words)
         except StartError as exc:
             log.warning("cannot list containers, adopting none: %s", exc)
             return []
-        wanted = {c.session for c in candidates}
         adopted: list[RunningBackend] = []
         for item in listed:
             session, box = self._note(item)
-            if session is None or box is None or session not in wanted:
+            if session is None or box is None:
                 continue
             backend = await self._adopt_one(session, box, item)
             if backend is not None:
@@ -426,6 +431,7 @@ class DockerProvider:
                 if self.connected:
                     log.warning("Docker's event stream broke (%s); reconnecting", exc)
                 log.debug("docker events: %r", exc)
+                self._health.degraded("docker", f"{self._host()}: {exc}")
             self.connected = False
             self._tried.set()
             await asyncio.sleep(delay)
@@ -447,6 +453,7 @@ class DockerProvider:
             if not self.connected:
                 log.info("following Docker's events at %s", self._host())
             self.connected = True
+            self._health.ok("docker")
             try:
                 await self.sweep()
             finally:
@@ -507,7 +514,7 @@ class DockerProvider:
         while their session sleeps, remove those of sessions that no longer exist."""
         began = time.monotonic()
         listed = await self._call(self._list(), self._host_words)
-        known = None if self._known is None else set(self._known())
+        known = None if self._known is None else dict(self._known())
         seen: set[str] = set()
         for item in listed:
             session, box = self._note(item)
@@ -522,7 +529,7 @@ class DockerProvider:
                 await self._confirm_exit(session, box, None)
 
     async def _settle(
-        self, session: str, box: _Box, item: Mapping[str, Any], known: set[str] | None
+        self, session: str, box: _Box, item: Mapping[str, Any], known: dict[str, object] | None
     ) -> None:
         is_running = item.get("State") == "running"
         if known is not None and session not in known:
@@ -533,7 +540,7 @@ class DockerProvider:
             self._boxes.pop(session, None)
         elif box.live and not is_running:
             await self._confirm_exit(session, box, str(item["Id"]))
-        elif is_running and not box.live:
+        elif is_running and not box.live and _asleep(known, session):
             log.info("%s: stopping its container: it runs while the session sleeps", session)
             template = self._template_of(session)
             async with box.lock:
@@ -595,6 +602,13 @@ class DockerProvider:
             raise
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StartError(words(exc)) from exc
+
+
+def _asleep(known: dict[str, object] | None, session: str) -> bool:
+    """Whether siesta holds `session` asleep: a running container of it is a stray. (With
+    replicas, another replica may have woken it: its container is not ours to stop.)"""
+    state = getattr((known or {}).get(session), "state", "ASLEEP")
+    return str(state) in ("ASLEEP", "FAILED")
 
 
 async def _close(stream: object) -> None:
