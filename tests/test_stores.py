@@ -7,6 +7,7 @@ overwritten, event queries, pruning by retention, and a store whose data is lost
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import pytest
 
 from siesta.config import StoreConf
 from siesta.core.model import Endpoint, State, Transition
+from siesta.health import Health
 from siesta.store import open_store
 from siesta.store.base import Batch, Checked, Registration, SessionRecord, Store
+from siesta.store.writer import Recorder
 
 from .redis_server import RedisServer, running_redis
 
@@ -131,3 +134,16 @@ async def _check_until_answered(store: Store) -> Checked:
         except Exception:  # the client reconnects on the next call
             continue
     return await store.check()
+
+
+async def test_a_writer_without_retention_waits_instead_of_spinning(store: Store) -> None:
+    """With no retention, pruning is never due: the idle writer waits for work or its next
+    check (once per check_every) instead of turning the loop (a bug once cost a core)."""
+    recorder = Recorder(store, Health(), check_every=3600.0)
+    await recorder._check()  # the first check is due at once; the next in an hour
+    idle = asyncio.create_task(recorder._idle())
+    for _ in range(50):  # a spinning writer's idle wait ends within a turn or two
+        await asyncio.sleep(0)
+    assert not idle.done()
+    recorder.register("alice", "web", {}, 100.0)  # work ends the wait at once
+    await asyncio.wait_for(idle, 10.0)

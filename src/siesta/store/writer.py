@@ -155,7 +155,10 @@ class Recorder:
 
     async def _idle(self) -> None:
         """Wait for writes, or until the store is due for a check or a pruning."""
-        wait = max(0.0, min(self._next_check, self._next_prune) - time.monotonic())
+        due = (
+            self._next_check if self.retention is None else min(self._next_check, self._next_prune)
+        )
+        wait = max(0.0, due - time.monotonic())  # without retention, pruning is never due
         self._wakeup.clear()
         if not self._pending:
             with contextlib.suppress(TimeoutError):
