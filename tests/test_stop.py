@@ -41,7 +41,7 @@ orphan = int(middle.communicate()[0])  # its parent has exited: an orphan in its
 burn = subprocess.Popen([sys.executable, "-c", "sum(range(30_000_000))"])
 burn.wait()  # CPU used by a process that is gone when usage is asked
 with open(pids, "w") as f:
-    f.write(f"{own_session.pid} {deaf.pid} {orphan}\\n")
+    f.write("%d %d %d\\n" % (own_session.pid, deaf.pid, orphan))  # no braces: placeholders
 os.execv(sys.executable, [sys.executable, *backend])
 """
 """A backend that first starts three processes that a process-group kill would miss:

@@ -20,7 +20,7 @@ from siesta.api.errors import ApiProblem, responses
 from siesta.api.models import Event
 from siesta.core.model import Transition
 from siesta.lifecycle import Lifecycle
-from siesta.store.base import Store
+from siesta.store.writer import Recorder
 
 log = logging.getLogger("siesta.api")
 
@@ -41,16 +41,17 @@ Since = Annotated[
 
 
 async def read_events(
-    store: Store, session: str | None, since: float | None, limit: int
+    store: Recorder, session: str | None, since: float | None, limit: int
 ) -> list[Transition]:
-    """Stored events (off the event loop); a store that cannot be read is a 503."""
+    """Stored events (off the event loop) and those still queued for the store; a store
+    that cannot be read is a 503."""
     try:
         return await store.events(session, since, limit)
     except Exception as exc:
         raise ApiProblem(503, f"the store cannot be read: {exc}", retry_after=5.0) from None
 
 
-async def _backlog(store: Store, session: str | None, since: float) -> list[Transition]:
+async def _backlog(store: Recorder, session: str | None, since: float) -> list[Transition]:
     """The stored events a resumed stream replays; none when the store cannot be read
     (the live events still flow)."""
     try:
@@ -79,7 +80,10 @@ async def events(
     since: Since = None,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 1000,
 ) -> list[Event]:
-    return [event_view(e) for e in await read_events(svc.store, session or None, since, limit)]
+    return [
+        event_view(e)
+        for e in await read_events(svc.lifecycle.recorder, session or None, since, limit)
+    ]
 
 
 @router.get(
@@ -105,14 +109,19 @@ async def stream(
     ] = None,
 ) -> StreamingResponse:
     return StreamingResponse(
-        _sse(svc.hub, svc.store, session or None, since if since is not None else last_event_id),
+        _sse(
+            svc.hub,
+            svc.lifecycle.recorder,
+            session or None,
+            since if since is not None else last_event_id,
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _sse(
-    hub: EventHub, store: Store, session: str | None, since: float | None
+    hub: EventHub, store: Recorder, session: str | None, since: float | None
 ) -> AsyncIterator[str]:
     with hub.subscribe(session) as subscription:
         yield "retry: 1000\n\n"

@@ -222,7 +222,7 @@ async def chart(
         draw = partial(charts.intensity, built)
     elif name == "timeline":
         start = now - hours * 3600
-        events = await read_events(svc.store, None, start, TIMELINE_MAX_EVENTS)
+        events = await read_events(svc.lifecycle.recorder, None, start, TIMELINE_MAX_EVENTS)
         live = svc.lifecycle.sessions
         running = {a.session: a.running for a in accounts if a.session in live}
         spans = reporting.awake_spans(events, start, now, running)

@@ -128,6 +128,27 @@ class Recorder:
         writing = len(self._writing) if self._writing is not None else 0
         return len(self._pending) + writing
 
+    def unwritten_events(self, session: str | None, since: float | None) -> list[Transition]:
+        """Events not yet durable (being written, or queued), oldest first, optionally of one
+        session and after `since`: what a reader of the store must add to be up to date."""
+        batches = [b for b in (self._writing, self._pending) if b is not None]
+        return [
+            e
+            for b in batches
+            for e in b.events
+            if (session is None or e.session == session) and (since is None or e.at > since)
+        ]
+
+    async def events(
+        self, session: str | None = None, since: float | None = None, limit: int = 1000
+    ) -> list[Transition]:
+        """Events as `Store.events` gives them, with those not yet durable after them: what
+        has happened, whatever the write-behind queue holds. Raises what the store raises."""
+        stored = await self.store.events(session, since, limit)
+        seen = set(stored)
+        later = [e for e in self.unwritten_events(session, since) if e not in seen]
+        return (stored + later)[:limit]
+
     # -- the writer task ----------------------------------------------------------
 
     async def run(self) -> None:
