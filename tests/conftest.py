@@ -191,10 +191,11 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         if policies is not None:
             config["policies"] = policies
         config.update(extra or {})  # other top-level sections, e.g. savings
+        starts = folder / "starts.txt"
+        _count_starts(config["templates"], starts)
         path = folder / "siesta.yaml"
         path.write_text(yaml.safe_dump(config))
         log = folder / f"siesta-{len(running)}.log"
-        starts = folder / "starts.txt"
         environ = {**os.environ, "SIESTA_TEST_STARTS": str(starts), **(env or {})}
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -230,6 +231,15 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
         for pid in pids:  # never leave a backend behind, even when a test failed
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _count_starts(templates: dict[str, Any], starts: Path) -> None:
+    """Backends no longer inherit siesta's SIESTA_* variables (issue 9): each local
+    template is given SIESTA_TEST_STARTS in its `env`, so tests/backend.py counts starts."""
+    for name, template in templates.items():
+        if template.get("provider", "local") == "local":
+            env = {"SIESTA_TEST_STARTS": str(starts), **template.get("env", {})}
+            templates[name] = {**template, "env": env}
 
 
 def _backends_of(handle: SiestaProcess) -> list[int]:

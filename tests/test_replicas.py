@@ -87,10 +87,13 @@ class Cluster:
             },
             "store": {"location": self.redis.url, "lease_ttl": self.lease},
             "keda": {"listen": f"127.0.0.1:{keda}"},
-            "templates": {
-                "web": _tiny(),
-                "slow": _tiny(1.0),
-                "idle": _tiny(idle_timeout="1s"),
+            "templates": {  # SIESTA_* is never inherited: the start counter is in env
+                name: {**template, "env": {"SIESTA_TEST_STARTS": str(self.folder / "starts.txt")}}
+                for name, template in {
+                    "web": _tiny(),
+                    "slow": _tiny(1.0),
+                    "idle": _tiny(idle_timeout="1s"),
+                }.items()
             },
             "sessions": self.sessions,
         }

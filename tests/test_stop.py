@@ -54,6 +54,9 @@ class Template:
         self.command = [sys.executable, "-c", SPAWNER, str(pids), BACKEND, "{port}", "{session}"]
         self.env: dict[str, str] = {}
         self.cwd: Path | None = None
+        self.env_inherit = ["PATH"]
+        self.user: str | None = None
+        self.group: str | None = None
 
 
 def _gone(pid: int) -> bool:

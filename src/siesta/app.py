@@ -68,9 +68,9 @@ class Siesta:
 
     def __init__(self, config: Config, *, admin: bool = True):
         self.config = config
+        _private_state_dir(config)  # issue 9: backends run as another user cannot read it
         # one process per SQLite file; replicas share a Redis store and a state folder
         self._lock = _lock_state_dir(config.state_dir) if config.store_path else None
-        config.state_dir.mkdir(parents=True, exist_ok=True)  # logs, the admin token
         self.health = Health()
         self.store = _open_store(config)
         self.docker: DockerProvider | None = None
@@ -83,6 +83,8 @@ class Siesta:
             base_url=self._base_url,
             health=self.health,
             retention=config.store.retention,
+            max_awake=config.gateway.max_awake,
+            evict_idle=config.gateway.max_awake_policy == "evict_idle",
         )
         self._stored_ledger = StoredLedger(self.lifecycle.recorder)
         # made before start, so it sees re-adoptions; its accounts are loaded in start()
@@ -146,6 +148,7 @@ class Siesta:
             base_url=self._base_url,
             instance=self.config.instance_id,
             cgroups=os.environ.get("SIESTA_CGROUPS", "auto") != "off",
+            secrets=[v for v in (self.config.store.password_env,) if v],
         )
         kinds = {name: t.provider for name, t in templates.items()}
         if set(kinds.values()) == {"local"}:
@@ -406,6 +409,32 @@ def _open_store(config: Config) -> Store:
             problem = "not a SQLite database (or a damaged one)" if damaged else str(exc)
             raise StartupError(f"store {path}: {problem}") from exc
     return open_store(config.store, config.instance_id)
+
+
+def _private_state_dir(config: Config) -> None:
+    """The state folder (store, admin token, backends' logs) made 0700 when siesta makes
+    it. Backends that run as another user (`user`) must not read it: siesta refuses to
+    start when it cannot switch to that user, or when the folder is open to others (an
+    existing folder is never changed: it may be shared, such as /var/lib)."""
+    problems = config.privilege_problems()
+    if problems:
+        raise StartupError("; ".join(problems))
+    state_dir = config.state_dir
+    try:
+        state_dir.parent.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        mode = state_dir.stat().st_mode & 0o777
+    except OSError as exc:
+        raise StartupError(f"state folder {state_dir}: {_os_problem(exc)}") from exc
+    others = [
+        name for name, t in config.templates.items() if t.provider == "local" and t.user is not None
+    ]
+    if others and mode & 0o077:
+        raise StartupError(
+            f"state folder {state_dir} is open to other users (mode {mode:04o}), so the "
+            f"backends of templates.{others[0]} (user {config.templates[others[0]].user}) "
+            f"could read siesta's store and admin token: chmod 700 {state_dir}"
+        )
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:

@@ -37,6 +37,7 @@ from siesta.core import activity
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import DurationLiteralError, cel_durations, parse_duration
 from siesta.core.ignore import JUPYTER_IGNORE, ActivityFilter
+from siesta.core.limits import Rate, parse_rate
 from siesta.core.policy import (
     PROVIDER_SIGNALS,
     Policy,
@@ -48,6 +49,13 @@ from siesta.core.policy import (
 )
 from siesta.core.routing import RoutingMode
 from siesta.providers.keda import name_problem
+from siesta.providers.runas import (
+    DEFAULT_INHERIT,
+    IdentityError,
+    RunAs,
+    inherit_problem,
+    privilege_problem,
+)
 from siesta.readiness import ReadySpec, placeholder_problem
 from siesta.savings.settings import ResourcesConf, SavingsConf
 
@@ -71,6 +79,8 @@ _NO_SPACE_PATTERN = r"^\S+$"
 _DOCKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _USER_PATTERN = r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$"
 _CAPABILITY_PATTERN = r"^[A-Za-z_]+$"
+_GROUP_PATTERN = r"^[A-Za-z0-9_.-]+$"
+_ENV_PATTERN = r"^[A-Za-z0-9_*?\[\]!-]+$"
 
 _PATTERN_HINTS = {
     NAME_PATTERN: "must be 1 to 63 letters, digits, '_' or '-', starting with a letter or digit",
@@ -84,6 +94,8 @@ _PATTERN_HINTS = {
     _DOCKER_NAME_PATTERN: "must be a Docker name: letters, digits, '_', '.' or '-'",
     _USER_PATTERN: "must be a user, or user:group, as a name or number, e.g. 1000:1000",
     _CAPABILITY_PATTERN: "must be a capability name, e.g. NET_RAW or ALL",
+    _GROUP_PATTERN: "must be a group name or number, e.g. nogroup or 1000",
+    _ENV_PATTERN: "must be a variable name or a glob pattern of names, e.g. LANG or LC_*",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -128,6 +140,16 @@ def _duration(default: str, description: str) -> Any:
 def _off(value: object) -> object:
     """`off` (which YAML also reads as false) means no listener."""
     return None if value is False or value == "off" else value
+
+
+def _off_zero(value: object) -> object:
+    """`off` (or false) for a duration that can be turned off: 0 seconds."""
+    return 0 if value is False or value == "off" else value
+
+
+def _check_rate(value: str) -> str:
+    parse_rate(value)
+    return value
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -268,6 +290,59 @@ class GatewayConf(_Model):
         "otherwise claim any address or claim https.",
     )
 
+    # -- abuse limits (issue 9): wakes, held requests and request bodies ------------
+    max_awake: Annotated[
+        int | None,
+        BeforeValidator(_off),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "off"}]}),
+    ] = Field(
+        default=None,
+        ge=1,
+        description="Sessions that may run at once (waking, awake or stopping: each has a "
+        "backend), or off. A wake beyond it is refused (503 with Retry-After) or makes room "
+        "first, as max_awake_policy says. With replicas on Redis each replica counts the "
+        "sessions it sees running and admits wakes on its own: the cap is not atomic "
+        "across replicas. off by default: how many backends fit depends on the machine.",
+    )
+    max_awake_policy: Literal["reject", "evict_idle"] = Field(
+        default="reject",
+        description="At max_awake: reject answers the wake 503 with Retry-After; "
+        "evict_idle puts the longest-idle awake session without a request in flight to "
+        "sleep first (an event says so), then wakes. reject by default: nobody's session "
+        "is stopped for somebody else's unless asked for.",
+    )
+    wake_rate: Annotated[str, AfterValidator(_check_rate)] = Field(
+        default="30/min",
+        description="Wakes one client may start, as count/period (10/min, 100/h, 5/30s) "
+        "or off: a burst of count, then one every period/count; beyond it 429 with "
+        "Retry-After. Only requests that start a wake count, not those that wait for one "
+        "under way or reach an awake session. A client is its address (an IPv6 /64), or "
+        "behind a trusted proxy the last X-Forwarded-For address that is not one. "
+        "30/min: a person, or a classroom behind one address, opening sessions is never "
+        "slowed; a script waking every session gets one wake every 2s.",
+    )
+    max_held_per_client: int = Field(
+        default=1000,
+        ge=1,
+        description="Requests one client may have held at once, across sessions; more get "
+        "503 at once. 1000, a tenth of max_held_total: one client cannot fill the hold "
+        "queue and leave the others an immediate 503.",
+    )
+    body_timeout: Annotated[Duration, BeforeValidator(_off_zero)] = _duration(
+        "60s",
+        "Seconds a request body may go without a byte arriving (time the gateway itself "
+        "stops reading, to hold back a fast client, does not count); then 408 and the "
+        "connection is closed, and the request no longer counts as in flight, so the "
+        "session can sleep. 0 or off: none. 60s: nginx's client_body_timeout.",
+    )
+    request_timeout: Annotated[Duration, BeforeValidator(_off_zero)] = _duration(
+        "0s",
+        "Seconds a request body may take in all, from the end of its head, whatever its "
+        "pace; then 408 and the connection is closed. 0 or off: none. off by default: a "
+        "large upload on a slow link takes as long as it takes; body_timeout already "
+        "sheds a client that stops sending. Set it above wake_timeout.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
@@ -301,6 +376,11 @@ class GatewayConf(_Model):
     def admin_address(self) -> tuple[str, int] | None:
         """`admin_listen` as (host, port); None when it is off."""
         return None if self.admin_listen is None else parse_listen(self.admin_listen)
+
+    @property
+    def wake_rate_limit(self) -> Rate | None:
+        """`wake_rate` parsed; None when it is off."""
+        return parse_rate(self.wake_rate)
 
 
 class ReadyConf(_Model):
@@ -533,8 +613,16 @@ class TemplateConf(_Model):
     )
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra environment variables for the backend, added to siesta's own. "
-        "Values must be strings: quote numbers.",
+        description="Environment variables for the backend, on top of what env_inherit "
+        "passes from siesta's own environment. Values must be strings: quote numbers.",
+    )
+    env_inherit: list[Annotated[str, StringConstraints(pattern=_ENV_PATTERN)]] = Field(
+        default_factory=lambda: list(DEFAULT_INHERIT),
+        description="provider local: the variables of siesta's own environment a backend "
+        "gets, by name or glob pattern (LC_*, MY_APP_*); [] for none. siesta's own SIESTA_* "
+        "variables (SIESTA_ADMIN_TOKEN) and the Redis password's variable are never "
+        "passed, whatever is listed. [PATH, HOME, LANG, LC_*, TZ] by default: what programs "
+        "need to run, and nothing that could be a secret of siesta's.",
     )
     cwd: Path | None = Field(
         default=None,
@@ -655,8 +743,16 @@ class TemplateConf(_Model):
     user: str | None = Field(
         default=None,
         pattern=_USER_PATTERN,
-        description="provider docker: user (and group) the container runs as, as name or "
-        "uid, e.g. 1000:1000. Unset by default: the image's USER.",
+        description="provider local and docker: the user (and group) the backend runs as, "
+        "as a name or number, e.g. nobody or 1000:1000. For local backends siesta must run "
+        "as root, and the supplementary groups are the user's own. Unset by default: "
+        "siesta's user (local), the image's USER (docker).",
+    )
+    group: str | None = Field(
+        default=None,
+        pattern=_GROUP_PATTERN,
+        description="provider local: the group the backend runs as, as a name or number "
+        "(needs user). Unset by default: the user's own group.",
     )
     read_only: bool = Field(
         default=False,
@@ -1153,6 +1249,21 @@ class Config(_Model):
         """Where backends' logs go."""
         return self.state_dir / "logs"
 
+    def privilege_problems(self) -> list[str]:
+        """Templates whose backends siesta, as it runs now, cannot start as the user they
+        name (switching users needs root): one line each, naming the key."""
+        problems = []
+        for name, template in self.templates.items():
+            if template.provider != "local" or template.user is None:
+                continue
+            try:
+                problem = privilege_problem(RunAs.resolve(template.user, template.group))
+            except IdentityError as exc:
+                problem = str(exc)
+            if problem is not None:
+                problems.append(f"templates.{name}.user: {problem}")
+        return problems
+
     @property
     def instance_id(self) -> str:
         """`instance`, or a stable name derived from the store's location."""
@@ -1180,16 +1291,46 @@ def _provider_problems(templates: dict[str, TemplateConf]) -> list[tuple[Loc, st
             message = "not used by provider keda: Kubernetes runs the backend"
             problems.append((("templates", name, "command"), message))
         problems += [(("templates", name, *loc), why) for loc, why in _docker_problems(template)]
+        problems += [(("templates", name, *loc), why) for loc, why in _local_problems(template)]
+    return problems
+
+
+_NOT_FOR_KEDA = ("user", "group", "env_inherit")
+
+
+def _local_problems(template: TemplateConf) -> list[tuple[Loc, str]]:
+    """What a local backend runs as and inherits (issue 9): names that resolve, and no
+    pattern that asks for siesta's own variables. Whether siesta may switch to that user
+    is checked at start (`Config.privilege_problems`): a config is checked anywhere."""
+    given = template.model_fields_set
+    if template.provider == "keda":
+        why = "not used by provider keda: Kubernetes runs the backend"
+        return [((key,), why) for key in _NOT_FOR_KEDA if key in given]
+    problems: list[tuple[Loc, str]] = [
+        (("env_inherit", i), problem)
+        for i, pattern in enumerate(template.env_inherit)
+        if (problem := inherit_problem(pattern)) is not None
+    ]
+    if template.provider == "local":
+        try:
+            RunAs.resolve(template.user, template.group)
+        except IdentityError as exc:
+            named = template.group is not None and "group" in str(exc)
+            key = "group" if template.user is None or named else "user"
+            problems.append(((key,), str(exc)))
     return problems
 
 
 _DOCKER_KEYS = (
-    "image", "port", "volumes", "network", "cpus", "memory", "labels", "user", "read_only",
+    "image", "port", "volumes", "network", "cpus", "memory", "labels", "read_only",
     "cap_drop", "security_opt", "on_sleep",
 )  # fmt: skip
 _NOT_FOR_DOCKER = {
     "cwd": "not used by provider docker: the image's WORKDIR applies",
     "address": "not used by provider docker: siesta finds the container's address itself",
+    "group": "not used by provider docker: write user as user:group",
+    "env_inherit": "not used by provider docker: a container gets env and nothing of "
+    "siesta's environment",
 }
 _TCP_THROUGH_PROXY = (
     "tcp cannot tell when a container is ready: Docker's port proxy accepts connections "

@@ -52,6 +52,17 @@ CLAIM_TRIES = 3
 STOP_RETRY_MAX = 30.0
 """Seconds between retries of a stop that failed, at most (the session stays STOPPING)."""
 
+FULL_RETRY_AFTER = 30.0
+"""Seconds a client refused by `max_awake` is told to wait: sessions sleep on idle
+timeouts of minutes, so sooner would mostly be refused again."""
+
+ROOM_POLL = 0.1
+"""Seconds a wake waiting for `max_awake` to make room looks again at most, while no
+awake session is idle (each is serving, or waited for)."""
+
+RUNNING = frozenset({State.WAKING, State.AWAKE, State.STOPPING})
+"""States in which a session has a backend, and so takes one of `max_awake`'s places."""
+
 Listener = Callable[[Session, State, State], None]
 Observer = Callable[[Transition], None]
 """Called with every event as it is recorded (the admin API's stream, the metrics)."""
@@ -97,6 +108,11 @@ class WakeError(Exception):
         self.retry_after = retry_after
 
 
+class AtCapacity(WakeError):
+    """A wake refused because `max_awake` sessions run already (and none could be made
+    to sleep for it)."""
+
+
 @dataclass(slots=True)
 class _Wake:
     task: asyncio.Task[None]
@@ -117,8 +133,14 @@ class Lifecycle:
         base_url: Callable[[str], str] = lambda session: "/",
         health: Health | None = None,
         retention: float | None = None,
+        max_awake: int | None = None,
+        evict_idle: bool = False,
     ):
         self.sessions: dict[str, Session] = {}
+        # max_awake (issue 9): sessions with a backend, or with a wake begun here, count
+        self.max_awake = max_awake
+        self.evict_idle = evict_idle
+        self.running: set[str] = set()
         self.listeners: list[Listener] = []
         self.awake: set[str] = set()  # ids of AWAKE sessions: periodic work visits only these
         self.observers: list[Observer] = []
@@ -304,6 +326,7 @@ class Lifecycle:
         session = self.sessions.get(session_id)
         if session is None:
             raise WakeError(f"no session {session_id!r}", retry_after=60.0)
+        deadline = self._clock.monotonic() + self._start_timeout  # for making room
         while session.state is not State.AWAKE:
             if self.sessions.get(session_id) is not session:
                 raise WakeError(f"session {session_id!r} was removed", retry_after=60.0)
@@ -313,7 +336,14 @@ class Lifecycle:
                 continue
             if self._closing:
                 raise WakeError("siesta is shutting down", retry_after=5.0)
-            wake = self._wakes.get(session_id) or self._begin_wake(session, reason)
+            wake = self._wakes.get(session_id)
+            if wake is None:
+                self._check_backoff(session)
+                room = self._make_room(session, deadline)
+                if room is not None:  # a stop that fails is the stop's to report
+                    await asyncio.gather(asyncio.shield(room), return_exceptions=True)
+                    continue  # the place freed may have been taken meanwhile: look again
+                wake = self._begin_wake(session, reason)
             try:
                 await asyncio.shield(wake.task)
             except asyncio.CancelledError:
@@ -323,7 +353,11 @@ class Lifecycle:
                 # the wake itself was cancelled (shutdown): look again
         return session
 
-    def _begin_wake(self, session: Session, reason: str) -> _Wake:
+    def waking(self, session_id: str) -> bool:
+        """Whether a wake of `session_id` is under way here."""
+        return session_id in self._wakes
+
+    def _check_backoff(self, session: Session) -> None:
         now = self._clock.monotonic()
         if session.state is State.FAILED and now < session.retry_at:
             raise WakeError(
@@ -331,17 +365,72 @@ class Lifecycle:
                 f" next try in {session.retry_at - now:.0f}s",
                 retry_after=session.retry_at - now,
             )
+
+    def _begin_wake(self, session: Session, reason: str) -> _Wake:
+        """Start the wake task. Called right after `_make_room` found a place, with no
+        await between: the place is taken here, so concurrent wakes never exceed it."""
+        now = self._clock.monotonic()
         task = asyncio.create_task(self._run_wake(session, reason), name=f"wake {session.id}")
         wake = _Wake(task, now)
         self._wakes[session.id] = wake
+        self.running.add(session.id)
         task.add_done_callback(lambda t: self._wake_done(session.id, wake, t))
         return wake
 
     def _wake_done(self, session_id: str, wake: _Wake, task: asyncio.Task[None]) -> None:
         if self._wakes.get(session_id) is wake:
             del self._wakes[session_id]
+        session = self.sessions.get(session_id)
+        if session is None or session.state not in RUNNING:
+            self.running.discard(session_id)  # a wake that never got as far as WAKING
         if not task.cancelled():
             task.exception()  # retrieved here: the callers that awaited it got it too
+
+    # -- max_awake: a place for each running session (issue 9) -------------------
+
+    def _make_room(self, session: Session, deadline: float) -> Awaitable[Any] | None:
+        """None when `session` may begin a wake now (no cap, a place free, or it holds one
+        already); else something to wait for, after which the caller looks again. With
+        `evict_idle`, that is the sleep of the longest-idle awake session, put to sleep
+        for it; when none is idle, the first wake or sleep under way to end (a session
+        just woken is idle once served), or `ROOM_POLL`. `AtCapacity` when no place can
+        be made (`reject`, or nothing idle before `deadline`)."""
+        cap = self.max_awake
+        if cap is None or session.id in self.running or len(self.running) < cap:
+            return None
+        full = f"{len(self.running)} sessions run, the most gateway.max_awake allows"
+        if not self.evict_idle:
+            raise AtCapacity(f"cannot wake {session.id!r}: {full}", FULL_RETRY_AFTER)
+        if self._clock.monotonic() > deadline:
+            raise AtCapacity(f"cannot wake {session.id!r}: {full}, none of them idle", 5.0)
+        victim = self._idlest()
+        if victim is not None:
+            idle = self._clock.monotonic() - victim.activity.last_activity
+            reason = (
+                f"evicted: idle {idle:.0f}s, the longest of the awake sessions, to make room"
+                f" for {session.id} (gateway.max_awake {cap})"
+            )
+            stop = self.begin_sleep(victim.id, reason)
+            if stop is not None:
+                return stop
+        under_way = [*self._stops.values(), *(w.task for w in self._wakes.values())]
+        return _first_of(under_way, ROOM_POLL)
+
+    def _idlest(self) -> Session | None:
+        """The awake session that has gone longest without traffic and that nothing waits
+        for: no request in flight (here or on another replica), none held, no wake or
+        sleep of its own under way."""
+        best: Session | None = None
+        for sid in self.awake:
+            candidate = self.sessions.get(sid)
+            if candidate is None or sid in self._stops or sid in self._wakes:
+                continue
+            activity = candidate.activity
+            if activity.inflight or activity.elsewhere_inflight or activity.held:
+                continue
+            if best is None or activity.last_activity < best.activity.last_activity:
+                best = candidate
+        return best
 
     async def _run_wake(self, session: Session, reason: str) -> None:
         left: RunningBackend | None = None
@@ -663,6 +752,10 @@ class Lifecycle:
             self.awake.add(session.id)
         else:
             self.awake.discard(session.id)
+        if session.state in RUNNING:
+            self.running.add(session.id)
+        elif session.id not in self._wakes:  # a wake begun keeps its place until it ends
+            self.running.discard(session.id)
         for listener in self.listeners:
             try:
                 listener(session, old, session.state)
@@ -987,6 +1080,14 @@ class Lifecycle:
         reason = "siesta shut down"
         if await self._shared_move(session, State.AWAKE, State.ASLEEP, reason):
             self._record(session, old, reason)
+
+
+async def _first_of(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Until the first of `tasks` ends, `timeout` seconds at most (they go on)."""
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    else:
+        await asyncio.sleep(timeout)
 
 
 def _why(exc: BaseException) -> str:

@@ -32,7 +32,7 @@ from siesta.lifecycle import Lifecycle
 # No *_created twin of every counter: siesta's start time is process_start_time_seconds.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-SLEEP_REASONS = ("idle", "policy", "backend_exit", "shutdown", "admin")
+SLEEP_REASONS = ("idle", "policy", "backend_exit", "shutdown", "admin", "evicted")
 """The `reason` label of `siesta_sleeps_total`: a short class, never the free text."""
 
 WAKE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -64,6 +64,8 @@ def sleep_reason_class(reason: str) -> str:
         return "shutdown"
     if reason.endswith("through the admin API") or reason == "session removed":
         return "admin"
+    if reason.startswith("evicted: "):  # gateway.max_awake made room for another wake
+        return "evicted"
     return "policy"
 
 

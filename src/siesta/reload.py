@@ -86,9 +86,9 @@ class Reloader:
                 log.error("reload refused: %s", problem, extra=fields(path=str(path)))
             log.error("reload refused: the running config is kept", extra=fields(path=str(path)))
             return False
-        orphans = self._orphans(new)
-        if orphans:
-            log.error("reload refused: %s; the running config is kept", orphans)
+        problem = self._orphans(new) or "; ".join(new.privilege_problems())
+        if problem:
+            log.error("reload refused: %s; the running config is kept", problem)
             return False
         await self._apply(new)
         return True

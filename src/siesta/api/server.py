@@ -85,9 +85,9 @@ class AdminServer:
         self._server = server
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name="admin API")
         self._task.add_done_callback(_report_exit)
-        if created:  # shown once, where siesta's log goes: the operator needs it
+        if created:  # where to find it, never the token itself: logs are collected
             path = self.config.state_dir / TOKEN_FILE
-            log.info("siesta admin token (saved in %s): %s", path, self.token)
+            log.info("siesta admin token created in %s (readable by siesta's user only)", path)
         bound = sock.getsockname()
         return str(bound[0]), int(bound[1])
 

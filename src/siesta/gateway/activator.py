@@ -4,7 +4,9 @@ The client connection hands over a request for a session that is not awake;
 the activator asks the lifecycle to wake it (single-flight there), holds the
 request at most `wake_timeout`, then forwards it or answers 503 with
 `Retry-After`. Browsers get a waiting page that reloads itself if the wake takes
-longer than `waiting_page_after`. The hold queue is bounded per session and in all.
+longer than `waiting_page_after`. The hold queue is bounded per session, per client
+and in all; a client that starts too many wakes gets 429 (`wake_rate`). A client is
+its address, or behind a trusted proxy the last X-Forwarded-For hop that is not one.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from siesta.core.limits import ClientCounts, WakeRates, client_key, retry_seconds
 from siesta.core.model import Session, State
-from siesta.lifecycle import WakeError
+from siesta.lifecycle import AtCapacity, WakeError
 from siesta.logconfig import fields
 
 from .client import COLD
@@ -37,9 +40,13 @@ class Activator:
     def __init__(self, gateway: Gateway):
         self.gw = gateway
         self.held = 0
+        self.held_by = ClientCounts()  # requests held, by client
+        rate = gateway.wake_rate
+        self.rates = WakeRates(rate) if rate is not None else None
 
     def hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
-        """Hold `req` until `session` is awake, then forward it; or answer 503."""
+        """Hold `req` until `session` is awake, then forward it; or answer 503 (429 for a
+        client over its wake rate)."""
         gw = self.gw
         if session.activity.held >= gw.max_held_per_session or self.held >= gw.max_held_total:
             conn.respond(
@@ -49,15 +56,43 @@ class Activator:
                 headers=((b"Retry-After", b"1"),),
             )
             return
+        client = client_of(gw, conn, req)
+        if self.held_by.get(client) >= gw.max_held_per_client:
+            conn.respond(
+                req,
+                503,
+                "too many of this client's requests are waiting for sessions to wake",
+                headers=((b"Retry-After", b"1"),),
+            )
+            return
+        if self.rates is not None and self._starts_wake(session):
+            wait = self.rates.take(client, gw.now())
+            if wait:
+                retry = retry_seconds(wait)
+                conn.respond(
+                    req,
+                    429,
+                    f"this client woke too many sessions: try again in {retry}s",
+                    headers=((b"Retry-After", str(retry).encode()),),
+                )
+                return
         req.wake = COLD
         self.held += 1  # counted now, not when the task first runs: the bound must hold
         session.activity.held += 1
+        self.held_by.add(client)
         req.hold = asyncio.ensure_future(self._hold(conn, req, session))
-        req.hold.add_done_callback(lambda _: self._release(session))
+        req.hold.add_done_callback(lambda _: self._release(session, client))
 
-    def _release(self, session: Session) -> None:
+    def _starts_wake(self, session: Session) -> bool:
+        """Whether a request held for `session` would start a wake (what `wake_rate`
+        counts): none is under way, and no request waits for one about to begin."""
+        return not session.activity.held and not self.gw.lifecycle.waking(session.id)
+
+    def _release(self, session: Session, client: str | None = None) -> None:
         self.held -= 1
         session.activity.held -= 1
+        if client is not None:
+            self.held_by.remove(client)
 
     async def _hold(self, conn: ClientConnection, req: Request, session: Session) -> None:
         """Wait for the wake, then forward; every other way out is a 503 with Retry-After.
@@ -85,6 +120,9 @@ class Activator:
         except TimeoutError:
             why = f"session {session.id!r} did not wake within {gw.wake_timeout:g}s"
             self._unavailable(conn, req, why, 5.0)
+        except AtCapacity as exc:  # not the session's fault: no failure page
+            why = "too many sessions are awake; try again later"
+            self._unavailable(conn, req, why, exc.retry_after, detail=str(exc))
         except WakeError as exc:
             if gw.waiting_page and _wants_page(req):
                 await self._failure_page(conn, req, session, exc)
@@ -199,6 +237,22 @@ async def _until_awake(gw: Gateway, session: Session, reason: str) -> Session:
         if session.state is State.AWAKE and session.endpoint is not None:
             return session
         await asyncio.sleep(0)
+
+
+def client_of(gw: Gateway, conn: ClientConnection, req: Request) -> str:
+    """Who `req` comes from, for per-client limits: the peer's address; behind a trusted
+    proxy, the last X-Forwarded-For hop that is not a trusted proxy itself (the first one
+    a trusted proxy saw). IPv6 clients count by /64 (`client_key`)."""
+    if not conn.trusted:
+        return client_key(conn.peer.decode("latin-1"))
+    hops: list[str] = []
+    for name, value in req.headers:
+        if name.lower() == b"x-forwarded-for":
+            hops += [hop.strip() for hop in value.decode("latin-1").split(",")]
+    for hop in reversed(hops):
+        if hop and not gw.trusts(hop.encode("latin-1")):
+            return client_key(hop)
+    return client_key(hops[0] if hops and hops[0] else conn.peer.decode("latin-1"))
 
 
 def _wants_page(req: Request) -> bool:

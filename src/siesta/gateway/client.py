@@ -138,6 +138,13 @@ class ClientConnection(asyncio.Protocol):
         # repeating a request (polling, keep-alive loads) skips header sorting,
         # routing and head building. (target, headers, method, version, route, head)
         self._memo: tuple[bytes, list[tuple[bytes, bytes]], bytes, str, Route, bytes] | None = None
+        # A request body's progress, for body_timeout and request_timeout (issue 9): the
+        # hot path only counts body callbacks; the sweeper compares (`check_body`).
+        self.progress = 0
+        self._progress_seen = 0
+        self._progress_at = 0.0
+        self._body_began = 0.0
+        self._watched: Request | None = None  # the request whose body the sweeper follows
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -283,6 +290,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.parsing
         assert req is not None
         req.has_body = True
+        self.progress += 1
         if self.ignore is not None and not req.quiet:
             self._count(body)  # a filtered session's counted request: its body is activity
         up = req.upstream
@@ -657,6 +665,28 @@ class ClientConnection(asyncio.Protocol):
         if self.parsing is not None and self.current is None:
             self._refuse(408, "the request head did not arrive in time")
         self._close()
+
+    def check_body(self, now: float) -> None:
+        """The sweeper found a request body under way (`parsing`, its head complete):
+        408 and close when no byte of it came for `body_timeout` (while the gateway itself
+        paused reading, the clock stands still), or it took over `request_timeout`."""
+        req = self.parsing
+        if req is not self._watched:  # seen for the first time
+            self._watched = req
+            self._body_began = self._progress_at = now
+            self._progress_seen = self.progress
+            return
+        gw = self.gw
+        if self._paused or self.progress != self._progress_seen:
+            self._progress_seen = self.progress
+            self._progress_at = now
+        elif gw.body_timeout and now - self._progress_at > gw.body_timeout:
+            self._watched = None
+            self._refuse(408, f"the request body stalled for {gw.body_timeout:g}s")
+            return
+        if gw.request_timeout and now - self._body_began > gw.request_timeout:
+            self._watched = None
+            self._refuse(408, f"the request body took longer than {gw.request_timeout:g}s")
 
     def _finish_count(self, req: Request) -> None:
         if req.counted:

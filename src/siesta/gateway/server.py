@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from siesta.core.ignore import ActivityFilter
+from siesta.core.limits import Rate
 from siesta.core.model import Session, State
 from siesta.core.routing import Router, RoutingMode
 from siesta.lifecycle import Lifecycle
@@ -58,6 +59,14 @@ class GatewaySettings(Protocol):
     def drain_timeout(self) -> float: ...
     @property
     def trusted_proxies(self) -> Sequence[str]: ...
+    @property
+    def max_held_per_client(self) -> int: ...
+    @property
+    def wake_rate_limit(self) -> Rate | None: ...
+    @property
+    def body_timeout(self) -> float: ...
+    @property
+    def request_timeout(self) -> float: ...
 
 
 class Gateway:
@@ -85,6 +94,11 @@ class Gateway:
         self.keepalive_timeout = settings.keepalive_timeout
         self.max_head_size = settings.max_head_size
         self.drain_timeout = settings.drain_timeout
+        # abuse limits (issue 9): per-client holds and wakes, stalled request bodies
+        self.max_held_per_client = settings.max_held_per_client
+        self.wake_rate = settings.wake_rate_limit
+        self.body_timeout = settings.body_timeout
+        self.request_timeout = settings.request_timeout
         self.trusted_proxies = tuple(
             ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
         )
@@ -152,18 +166,25 @@ class Gateway:
             self.pool.drop(session.endpoint)  # the backend is going: its sockets go with it
 
     async def _sweep(self) -> None:
-        """Close connections past their deadline (slow heads, idle keep-alives)."""
-        interval = max(0.05, min(1.0, self.header_timeout / 4, self.keepalive_timeout / 4))
+        """Close connections past their deadline (slow heads, idle keep-alives), and those
+        whose request body stalled or took too long (`ClientConnection.check_body`)."""
+        timeouts = [self.header_timeout, self.keepalive_timeout]
+        timeouts += [t for t in (self.body_timeout, self.request_timeout) if t > 0]
+        bodies = self.body_timeout > 0 or self.request_timeout > 0
+        interval = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
         while True:
             await asyncio.sleep(interval)
             now = self.now()
             for conn in list(self.connections):
-                if conn.deadline and now > conn.deadline:
-                    conn.deadline = 0.0
-                    try:
-                        conn.expire()
-                    except Exception:  # one bad connection never stops the sweeper
-                        log.exception("closing an expired connection failed")
+                try:
+                    if conn.deadline:
+                        if now > conn.deadline:
+                            conn.deadline = 0.0
+                            conn.expire()
+                    elif bodies and conn.parsing is not None and not conn.closing:
+                        conn.check_body(now)  # a head complete, its body under way
+                except Exception:  # one bad connection never stops the sweeper
+                    log.exception("closing an expired connection failed")
 
 
 async def _no_log(session: Session) -> str | None:

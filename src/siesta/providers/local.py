@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +30,7 @@ from siesta.core.model import Endpoint
 
 from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
 from .proctree import Tracker, make_tracker
+from .runas import IdentityError, RunAs, backend_env, privilege_problem
 
 # psutil's start times come from /proc in clock ticks: equal within this for one process.
 SAME_START = 0.05
@@ -46,6 +47,12 @@ class ProcessTemplate(Protocol):
     def env(self) -> Mapping[str, str]: ...
     @property
     def cwd(self) -> Path | None: ...
+    @property
+    def env_inherit(self) -> Sequence[str]: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def group(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -63,7 +70,9 @@ class LocalProvider:
 
     `instance` names the cgroups (`siesta-<instance>/<session>`: `Config.instance_id`,
     by default this process's pid, so two siestas never share one); `cgroups=False`
-    follows the process tree even where cgroups could be used.
+    follows the process tree even where cgroups could be used. `secrets` names variables
+    of siesta's environment no backend inherits, whatever its `env_inherit` says (the
+    Redis password's); siesta's own `SIESTA_*` never pass either.
     """
 
     def __init__(
@@ -75,8 +84,10 @@ class LocalProvider:
         host: str = "127.0.0.1",
         instance: str | None = None,
         cgroups: bool = True,
+        secrets: Collection[str] = (),
     ):
         self._templates = templates
+        self._secrets = frozenset(secrets)
         self._instance = instance
         self._scanned = False
         self._log_dir = log_dir
@@ -100,20 +111,33 @@ class LocalProvider:
             "base_url": self._base_url(session),
         }
         argv = [fill(arg, values) for arg in tpl.command]
-        env = {**os.environ, **{k: fill(v, values) for k, v in tpl.env.items()}}
+        run_as = _run_as(tpl)
+        env = backend_env(
+            os.environ,
+            tpl.env_inherit,
+            {k: fill(v, values) for k, v in tpl.env.items()},
+            secrets=self._secrets,
+            run_as=run_as,
+        )
         env.update(PORT=str(port), SIESTA_SESSION=session, SIESTA_BASE_URL=values["base_url"])
         if self._instance is not None:  # not secret: how find_backends knows its own
             env[INSTANCE_ENV] = self._instance
         # fork+exec of a large process takes tens of ms on a busy machine: off the loop
-        popen = await asyncio.to_thread(self._spawn, session, argv, env, tpl.cwd)
+        popen = await asyncio.to_thread(self._spawn, session, argv, env, tpl.cwd, run_as)
         proc = self._watch(session, popen.pid, popen)
         return RunningBackend(session, Endpoint(self._host, port), proc.pid, proc.started)
 
     def _spawn(
-        self, session: str, argv: list[str], env: dict[str, str], cwd: Path | None
+        self,
+        session: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path | None,
+        run_as: RunAs | None,
     ) -> subprocess.Popen[bytes]:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         _check_runnable(argv[0], env, cwd)
+        owner = None if run_as is None else run_as.uid
         with open(self._log_dir / f"{session}.log", "ab", buffering=0) as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             with contextlib.suppress(OSError):  # a full disk loses the line, not the start
@@ -121,13 +145,16 @@ class LocalProvider:
                 log.flush()
             try:
                 return subprocess.Popen(
-                    self.tracker.wrap(session, argv),
+                    self.tracker.wrap(session, argv, owner=owner),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     cwd=cwd,
                     env=env,
+                    user=owner,
+                    group=None if run_as is None else run_as.gid,
+                    extra_groups=None if run_as is None else list(run_as.groups),
                 )
             except OSError as exc:
                 raise StartError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
@@ -269,6 +296,19 @@ class LocalProvider:
         self._procs.clear()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         self.tracker.close()
+
+
+def _run_as(template: ProcessTemplate) -> RunAs | None:
+    """Who the template's backends run as: None for siesta's own user (nothing changes);
+    `StartError` when the names no longer resolve, or siesta may not switch to them."""
+    try:
+        run_as = RunAs.resolve(template.user, template.group)
+    except IdentityError as exc:
+        raise StartError(str(exc)) from None
+    problem = privilege_problem(run_as)
+    if problem is not None:
+        raise StartError(problem)
+    return None if run_as is None or run_as.is_current() else run_as
 
 
 def _check_runnable(program: str, env: Mapping[str, str], cwd: Path | None) -> None:

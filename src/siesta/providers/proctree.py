@@ -54,8 +54,9 @@ class Tracker(Protocol):
 
     kind: str
 
-    def wrap(self, session: str, argv: list[str]) -> list[str]:
-        """The command line that runs `argv` inside the session's tracking."""
+    def wrap(self, session: str, argv: list[str], *, owner: int | None = None) -> list[str]:
+        """The command line that runs `argv` inside the session's tracking; `owner` is the
+        uid the backend runs as, when it is not siesta's."""
         ...
 
     def pids(self, session: str, leader: int | None) -> list[int]:
@@ -156,12 +157,14 @@ class CgroupTracker:
     def _dir(self, controller: str, session: str) -> Path:
         return self._bases[controller] / session
 
-    def wrap(self, session: str, argv: list[str]) -> list[str]:
+    def wrap(self, session: str, argv: list[str], *, owner: int | None = None) -> list[str]:
         procs = []
         for controller in self._bases:
             folder = self._dir(controller, session)
             folder.mkdir(exist_ok=True)
             procs.append(str(folder / "cgroup.procs"))
+            if owner is not None:  # the wrapper runs as the backend's user: it joins itself
+                os.chown(procs[-1], owner, -1)
         script = (
             'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
         )
@@ -256,7 +259,7 @@ class TreeTracker:
     def __init__(self) -> None:
         self.subreaper = _become_subreaper()
 
-    def wrap(self, session: str, argv: list[str]) -> list[str]:
+    def wrap(self, session: str, argv: list[str], *, owner: int | None = None) -> list[str]:
         return argv
 
     def pids(self, session: str, leader: int | None) -> list[int]:
