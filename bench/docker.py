@@ -79,6 +79,7 @@ def write_config(folder: Path, port: int, admin: int, sessions: list[str]) -> Pa
             "admin_listen": f"{HOST}:{admin}",
             "wake_timeout": "300s",
             "max_held_per_session": 10,
+            "wake_rate": "off",  # one client wakes every session
         },
         "store": "state/state.db",
         "instance": f"bench-{os.getpid()}",

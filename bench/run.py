@@ -344,7 +344,7 @@ def write_siesta_config(
 ) -> Path:
     """A siesta config (JSON is YAML) with the session `bench` running the nginx wrapper."""
     config = {
-        "gateway": {"listen": f"{HOST}:{port}"},
+        "gateway": {"listen": f"{HOST}:{port}", "wake_rate": "off"},  # one client, many wakes
         "store": str(store),
         "templates": {
             "nginx": {

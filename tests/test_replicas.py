@@ -84,6 +84,7 @@ class Cluster:
                 "listen": f"127.0.0.1:{port}",
                 "admin_listen": f"127.0.0.1:{admin}",
                 "wake_timeout": "120s",  # 300 starts on a small busy machine take a while
+                "wake_rate": "off",  # one test client wakes 300 sessions
             },
             "store": {"location": self.redis.url, "lease_ttl": self.lease},
             "keda": {"listen": f"127.0.0.1:{keda}"},
