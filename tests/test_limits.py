@@ -223,20 +223,39 @@ def test_evict_idle_never_takes_a_session_serving_a_request(siesta: Launcher) ->
 
 
 def _all_at_once(run: SiestaProcess, names: list[str]) -> list[httpx.Response]:
-    """GET every session's URL from its own thread, released together."""
-    answers: dict[str, httpx.Response] = {}
+    """GET each session's URL (in `names` order) from its own thread, released together."""
+    answers: dict[int, httpx.Response] = {}
     barrier = threading.Barrier(len(names))
 
-    def get(name: str) -> None:
+    def get(i: int, name: str) -> None:
         barrier.wait()
-        answers[name] = httpx.get(run.url(name), timeout=90)
+        answers[i] = httpx.get(run.url(name), timeout=90)
 
-    threads = [threading.Thread(target=get, args=(n,)) for n in names]
+    threads = [threading.Thread(target=get, args=(i, n)) for i, n in enumerate(names)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
-    return [answers[n] for n in names]
+    return [answers[i] for i in range(len(names))]
+
+
+def test_one_wake_waiting_for_room_evicts_once(siesta: Launcher) -> None:
+    """Five requests for one sleeping session at the cap (a page's requests, a waiting
+    page's reloads): one session is evicted for it, not one per request."""
+    run = siesta(
+        templates={"web": tiny()},
+        sessions=sessions("a", "b", "c"),
+        gateway={"max_awake": 2, "max_awake_policy": "evict_idle"},
+    )
+    assert httpx.get(run.url("a"), timeout=30).status_code == 200
+    assert httpx.get(run.url("b"), timeout=30).status_code == 200
+    answers = _all_at_once(run, ["c"] * 5)
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.text for a in answers}) == 1  # one backend of c answered them all
+    evicted = [e for e in run.events() if e.new is State.STOPPING]
+    assert [e.session for e in evicted] == ["a"]
+    assert evicted[0].reason.startswith("evicted: ")
+    assert run.state("b") is State.AWAKE
 
 
 def test_concurrent_wakes_never_exceed_max_awake(siesta: Launcher) -> None:
@@ -273,8 +292,9 @@ def test_concurrent_wakes_with_evict_idle_are_all_served_within_the_cap(
     assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
     events = run.events()
     assert most_running(events) <= 2
-    evicted = [e for e in events if e.reason.startswith("evicted: ")]
+    evicted = [e for e in events if e.new is State.STOPPING]
     assert len(evicted) >= 4
+    assert all(e.reason.startswith("evicted: ") for e in evicted)
 
 
 # -- per-client limits ---------------------------------------------------------------

@@ -141,6 +141,7 @@ class Lifecycle:
         self.max_awake = max_awake
         self.evict_idle = evict_idle
         self.running: set[str] = set()
+        self._rooms: dict[str, asyncio.Future[Any]] = {}  # wakes waiting for a place
         self.listeners: list[Listener] = []
         self.awake: set[str] = set()  # ids of AWAKE sessions: periodic work visits only these
         self.observers: list[Observer] = []
@@ -354,8 +355,8 @@ class Lifecycle:
         return session
 
     def waking(self, session_id: str) -> bool:
-        """Whether a wake of `session_id` is under way here."""
-        return session_id in self._wakes
+        """Whether a wake of `session_id` is under way here (or waits for a place)."""
+        return session_id in self._wakes or session_id in self._rooms
 
     def _check_backoff(self, session: Session) -> None:
         now = self._clock.monotonic()
@@ -398,6 +399,22 @@ class Lifecycle:
         cap = self.max_awake
         if cap is None or session.id in self.running or len(self.running) < cap:
             return None
+        making = self._rooms.get(session.id)
+        if making is not None:  # another caller makes room for it already: one eviction
+            return making
+        room = self._room_for(session, cap, deadline)
+        task = asyncio.ensure_future(room)
+        self._rooms[session.id] = task
+        task.add_done_callback(lambda _: self._room_done(session.id, task))
+        return task
+
+    def _room_done(self, session_id: str, task: asyncio.Future[Any]) -> None:
+        if self._rooms.get(session_id) is task:
+            del self._rooms[session_id]
+        if not task.cancelled():
+            task.exception()  # the callers that awaited it got it too
+
+    def _room_for(self, session: Session, cap: int, deadline: float) -> Awaitable[Any]:
         full = f"{len(self.running)} sessions run, the most gateway.max_awake allows"
         if not self.evict_idle:
             raise AtCapacity(f"cannot wake {session.id!r}: {full}", FULL_RETRY_AFTER)
