@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from .admin import client, launch_admin
-from .conftest import Launcher, backend_template
+from .conftest import Launcher, backend_template, wait_for
 from .test_cli_api import cli
 
 CRASH = "import sys; print('boom: the database is gone', flush=True); sys.exit(3)"
@@ -42,7 +42,8 @@ def test_a_browser_gets_the_failure_page_with_the_log_and_a_countdown(
     assert retry >= 1
     assert f'http-equiv="refresh" content="{retry}"' in page.text
     assert page.headers["x-siesta-event"] in page.text
-    assert page.headers["x-siesta-event"] in run.output()
+    event = page.headers["x-siesta-event"]  # logged as the page is sent: not before
+    wait_for(lambda: event in run.output(), timeout=10, what="the event id in the log")
     again = httpx.get(run.url("alice"), headers=PAGE, timeout=30)  # in backoff: same page
     assert again.status_code == 503
     assert int(again.headers["retry-after"]) > 30
