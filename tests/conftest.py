@@ -49,6 +49,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
 
+
 BACKEND = str(Path(__file__).with_name("backend.py"))
 START_DEADLINE = 60.0
 """Seconds siesta gets to listen: a deadline, not a speed claim (a loaded machine is slow)."""
