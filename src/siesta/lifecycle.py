@@ -52,6 +52,13 @@ CLAIM_TRIES = 3
 STOP_RETRY_MAX = 30.0
 """Seconds between retries of a stop that failed, at most (the session stays STOPPING)."""
 
+PORT_TAKEN_TRIES = 3
+"""Starts of one wake when the backend exits saying its port is in use (another process
+took the port siesta drew before the backend bound it), within the wake's start timeout."""
+
+PORT_TAKEN_SIGNS = ("address already in use", "eaddrinuse", "address in use")
+"""What runtimes print when a listen fails for a port in use (Python, Node, Go, nginx...)."""
+
 Listener = Callable[[Session, State, State], None]
 Observer = Callable[[Transition], None]
 """Called with every event as it is recorded (the admin API's stream, the metrics)."""
