@@ -37,9 +37,13 @@ test: lint
 		redis-server:redis-server dockerd:docker.io busybox:busybox-static ip:iproute2 \
 		openssl:openssl
 	$(BIN)/python scripts/compile.py
-	$(BIN)/pytest -q
-	SIESTA_PURE=1 $(BIN)/pytest -q $(GATEWAY_TESTS)
+	$(BIN)/pytest -q $(PARALLEL)
+	SIESTA_PURE=1 $(BIN)/pytest -q $(PARALLEL) $(GATEWAY_TESTS)
 	$(MAKE) dist
+
+# Two pytest-xdist workers; tests sharing a costly fixture (dockerd, a module's servers)
+# stay on one (tests/conftest.py). PARALLEL= runs the suite in one process.
+PARALLEL ?= -n 2 --dist loadgroup
 
 # The whole suite runs on the compiled hot path; these again on the pure one.
 GATEWAY_TESTS := tests/test_gateway_http.py tests/test_http_heads.py tests/test_wake.py

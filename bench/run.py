@@ -10,10 +10,11 @@ it differs:
 
 * Throughput and latency: wrk (1 thread, 64 keep-alive connections, ``--latency``) is
   pointed in turn at the backend directly, at a second nginx (1 worker) reverse-proxying
-  to it with an upstream keep-alive pool (``keepalive 64``, HTTP/1.1), and at siesta
-  (``/s/bench/``). Each run is preceded by a 2 s warm-up; the three targets are run
-  interleaved for BENCH_ROUNDS rounds (default 3) of BENCH_DURATION seconds (default 10)
-  and the median of each figure per target is reported, since the machine is noisy.
+  to it with an upstream keep-alive pool (``keepalive 64``, HTTP/1.1), at HAProxy (one
+  thread, ``mode http``, ``http-reuse always``), and at siesta (``/s/bench/``). Each run
+  is preceded by a 2 s warm-up; the four targets are run interleaved for BENCH_ROUNDS
+  rounds (default 3) of BENCH_DURATION seconds (default 10) and the median of each figure
+  per target is reported, since the machine is noisy.
   siesta runs with idle_timeout 1h here, so the session stays awake throughout.
 
 * Wake cost: siesta is restarted with idle_timeout 300ms. BENCH_WAKES times (default
@@ -89,6 +90,7 @@ class Settings:
     rounds: int
     wakes: int
     nginx: str
+    haproxy: str
     wrk: str
 
     @classmethod
@@ -98,6 +100,7 @@ class Settings:
             rounds=_env_int("BENCH_ROUNDS", 3),
             wakes=_env_int("BENCH_WAKES", 50),
             nginx=_tool("nginx"),
+            haproxy=_tool("haproxy"),
             wrk=_tool("wrk"),
         )
 
@@ -303,6 +306,47 @@ def start_proxy(procs: Processes, settings: Settings, folder: Path, backend: int
         lambda: proc.poll() is None and accepts(port), 10.0, 0.01, "the nginx proxy listening"
     )
     return port
+
+
+def write_haproxy_conf(folder: Path, listen: int, backend: int) -> Path:
+    """HAProxy (one thread) on `listen` to the backend, keep-alive both sides."""
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "haproxy.cfg"
+    conf.write_text(
+        f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend bench
+    bind {HOST}:{listen}
+    default_backend backend
+backend backend
+    server one {HOST}:{backend}
+"""
+    )
+    return conf
+
+
+def start_haproxy(procs: Processes, settings: Settings, folder: Path, backend: int) -> int:
+    """Start HAProxy in front of `backend`; return its port once it accepts."""
+    port = free_port()
+    conf = write_haproxy_conf(folder, port, backend)
+    argv = [settings.haproxy, "-db", "-f", str(conf)]  # -db: foreground, no daemon
+    proc = procs.start("haproxy", argv, folder / "stdout.log")
+    wait_until(lambda: proc.poll() is None and accepts(port), 10.0, 0.01, "HAProxy listening")
+    return port
+
+
+def haproxy_version(haproxy: str) -> str:
+    out = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    first = (out.stdout or out.stderr).splitlines()
+    return first[0].removeprefix("HAProxy version ").split(" ")[0] if first else ""
 
 
 # -- siesta -----------------------------------------------------------------------------
@@ -653,10 +697,14 @@ class Report:
 
 def compute_ratios(medians: dict[str, Summary]) -> dict[str, float]:
     direct, nginx, siesta = medians["direct"], medians["nginx"], medians["siesta"]
+    haproxy = medians["haproxy"]
     return {
         "siesta/nginx throughput": siesta.requests_per_second / nginx.requests_per_second,
         "siesta/nginx p99": siesta.p99 / nginx.p99,
+        "siesta/haproxy throughput": siesta.requests_per_second / haproxy.requests_per_second,
+        "siesta/haproxy p99": siesta.p99 / haproxy.p99,
         "nginx/direct throughput": nginx.requests_per_second / direct.requests_per_second,
+        "haproxy/direct throughput": haproxy.requests_per_second / direct.requests_per_second,
         "siesta/direct throughput": siesta.requests_per_second / direct.requests_per_second,
     }
 
@@ -802,6 +850,7 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "nginx": nginx_version(settings.nginx),
+        "haproxy": haproxy_version(settings.haproxy),
         "wrk": wrk_version[0].strip() if wrk_version else "",
     }
 
@@ -834,9 +883,11 @@ def run_throughput(
     backend = record.endpoint.port
     report.backend = {"port": backend, "pid": record.pid}
     proxy = start_proxy(procs, settings, tmp / "proxy", backend)
+    haproxy = start_haproxy(procs, settings, tmp / "haproxy", backend)
     targets = {
         "direct": f"http://{HOST}:{backend}/",
         "nginx": f"http://{HOST}:{proxy}/",
+        "haproxy": f"http://{HOST}:{haproxy}/",
         "siesta": f"http://{HOST}:{port}/s/{SESSION}/",
     }
     print(f"measuring {', '.join(f'{k} {v}' for k, v in targets.items())}")
@@ -886,6 +937,7 @@ def main() -> int:
     )
     print(
         f"siesta bench on {report.machine['cpus']} CPUs, {report.machine['nginx']}, "
+        f"HAProxy {report.machine['haproxy']}, "
         f"load average {report.machine['load_average'][0]:.2f}"
     )
     with workspace() as (tmp, procs):

@@ -29,6 +29,27 @@ from siesta.store.sqlite import SqliteStore
 
 from .dockerd import docker_engine  # noqa: F401 - the session's Docker daemon, as a fixture
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Tests that
+# share something costly run on one worker: every Docker test (one dockerd, started by the
+# first of them and stopped at the end), and each file with a module-scoped fixture.
+SHARED = {
+    "test_docker.py": "docker",
+    "test_docker_daemon.py": "docker",
+    "test_docker_provider.py": "docker",
+    "test_docker_examples.py": "docker",
+    "test_demo_app.py": "demo_app",
+    "test_replay.py": "replay",
+    "test_replicas.py": "replicas",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = SHARED.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 BACKEND = str(Path(__file__).with_name("backend.py"))
 START_DEADLINE = 60.0
 """Seconds siesta gets to listen: a deadline, not a speed claim (a loaded machine is slow)."""

@@ -42,8 +42,8 @@ def test_a_browser_gets_the_failure_page_with_the_log_and_a_countdown(
     assert retry >= 1
     assert f'http-equiv="refresh" content="{retry}"' in page.text
     assert page.headers["x-siesta-event"] in page.text
-    event = page.headers["x-siesta-event"]  # the log is written by its own thread: polled
-    wait_for(lambda: event in run.output(), what="the event's log line")
+    event = page.headers["x-siesta-event"]  # logged as the page is sent: not before
+    wait_for(lambda: event in run.output(), timeout=10, what="the event id in the log")
     again = httpx.get(run.url("alice"), headers=PAGE, timeout=30)  # in backoff: same page
     assert again.status_code == 503
     assert int(again.headers["retry-after"]) > 30

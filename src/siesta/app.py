@@ -51,6 +51,7 @@ ACTIVITY_FLUSH_EVERY = 2.0  # seconds between writes of last-activity times to t
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 RESTART_FIRST = 0.1  # seconds before a background task that failed is started again
 RESTART_MAX = 30.0  # seconds between restarts of a task that keeps failing, at most
+STOP_TASKS_WITHIN = 5.0  # seconds for cancelled tasks (or the store) to end at shutdown
 
 T = TypeVar("T")
 
@@ -277,7 +278,12 @@ class Siesta:
             await self.scaler.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TASKS_WITHIN)
+            for task in stuck:  # a library that swallowed the cancel: shut down all the same
+                log.error(
+                    "shutdown: task %r did not stop within %gs", task.get_name(), STOP_TASKS_WITHIN
+                )
         if self.prober is not None:
             await self.prober.close()
         if self.controller is not None:
@@ -286,7 +292,10 @@ class Siesta:
         await self.lifecycle.shutdown()
         if self.sampler is not None:
             await self.sampler.close()  # the last samples of the sessions stopped above
-        await self.store.close()
+        try:
+            await asyncio.wait_for(self.store.close(), STOP_TASKS_WITHIN)
+        except Exception as exc:  # a store that does not answer: its connections go with us
+            log.warning("shutdown: the store did not close cleanly: %s", exc or type(exc).__name__)
         if self._lock is not None:
             self._lock.close()
 
@@ -481,6 +490,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))  # a HUP while starting waits
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     try:
         await app.start()
         if app.reload_asked:
@@ -498,8 +508,23 @@ async def serve(
     finally:
         log.info("shutting down")
         await app.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log what every task of siesta's event loop is waiting on (for a siesta that
+    seems stuck, e.g. in a shutdown that does not end)."""
+    tasks = asyncio.all_tasks()
+    lines = [f"SIGUSR1: {len(tasks)} tasks"]
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        stack = task.get_stack(limit=8)
+        where = " <- ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+            for f in reversed(stack)
+        )
+        lines.append(f"  {task.get_name()}: {where or task!r}")
+    log.warning("\n".join(lines))
 
 
 def _reload(app: Siesta) -> None:

@@ -63,6 +63,13 @@ awake session is idle (each is serving, or waited for)."""
 RUNNING = frozenset({State.WAKING, State.AWAKE, State.STOPPING})
 """States in which a session has a backend, and so takes one of `max_awake`'s places."""
 
+PORT_TAKEN_TRIES = 3
+"""Starts of one wake when the backend exits saying its port is in use (another process
+took the port siesta drew before the backend bound it), within the wake's start timeout."""
+
+PORT_TAKEN_SIGNS = ("address already in use", "eaddrinuse", "address in use")
+"""What runtimes print when a listen fails for a port in use (Python, Node, Go, nginx...)."""
+
 Listener = Callable[[Session, State, State], None]
 Observer = Callable[[Transition], None]
 """Called with every event as it is recorded (the admin API's stream, the metrics)."""
@@ -470,37 +477,51 @@ class Lifecycle:
         until it is ready, and make the session AWAKE; on failure, stop it."""
         template = self._templates[session.template]
         began = self._clock.monotonic()
-        try:
-            backend = await self._launch(session, left)
-        except asyncio.CancelledError:
-            await self._stop_backend(session)  # it may have been launched as we were cancelled
-            self._wake_cancelled(session)
-            raise
-        except Exception as exc:  # StartError, or a provider's bug: the session is not stuck
-            self._start_failed(session, _why(exc))
-            raise WakeError(f"session {session.id!r} could not start: {_why(exc)}") from exc
-        session.endpoint, session.pid, session.pid_started = (
-            backend.endpoint,
-            backend.pid,
-            backend.pid_started,
-        )
-        self._save(session)  # the pid goes to the store first: a crash now orphans nothing
-        try:
-            spec = template.ready_spec
-            await wait_ready(
-                self._probe(session, spec),
-                self._alive(session),
-                self._start_timeout,
-                cap=spec.interval,
+        deadline = began + self._start_timeout
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                backend = await self._launch(session, left)
+            except asyncio.CancelledError:
+                await self._stop_backend(session)  # it may have been launched as we were cancelled
+                self._wake_cancelled(session)
+                raise
+            except Exception as exc:  # StartError, or a provider's bug: the session is not stuck
+                self._start_failed(session, _why(exc))
+                raise WakeError(f"session {session.id!r} could not start: {_why(exc)}") from exc
+            left = None
+            session.endpoint, session.pid, session.pid_started = (
+                backend.endpoint,
+                backend.pid,
+                backend.pid_started,
             )
-        except asyncio.CancelledError:
-            await self._stop_backend(session)
-            self._wake_cancelled(session)
-            raise
-        except Exception as exc:  # NotReady, or a probe's bug
-            await self._stop_backend(session)
-            self._start_failed(session, _why(exc))
-            raise WakeError(f"session {session.id!r} did not start: {_why(exc)}") from exc
+            self._save(session)  # the pid goes to the store first: a crash now orphans nothing
+            try:
+                spec = template.ready_spec
+                await wait_ready(
+                    self._probe(session, spec),
+                    self._alive(session),
+                    max(0.0, deadline - self._clock.monotonic()),
+                    cap=spec.interval,
+                )
+                break
+            except asyncio.CancelledError:
+                await self._stop_backend(session)
+                self._wake_cancelled(session)
+                raise
+            except Exception as exc:  # NotReady, or a probe's bug
+                await self._stop_backend(session)
+                if tries < PORT_TAKEN_TRIES and await self._port_was_taken(session, deadline):
+                    log.warning(
+                        "%s: the backend's port %s was taken before it could bind it: starting"
+                        " it again on another port",
+                        session.id,
+                        backend.endpoint.port,
+                    )
+                    continue
+                self._start_failed(session, _why(exc))
+                raise WakeError(f"session {session.id!r} did not start: {_why(exc)}") from exc
         moved = await self._shared_move(session, State.WAKING, State.AWAKE, reason, release=True)
         if not moved:
             if not await self._lost_lease(session):
@@ -513,6 +534,18 @@ class Lifecycle:
         session.failure = ""
         self._mark_awake_now(session)
         self._move(session, State.AWAKE, reason, wake_seconds=self._clock.monotonic() - began)
+
+    async def _port_was_taken(self, session: Session, deadline: float) -> bool:
+        """Whether the backend that just exited said its port was in use (another process
+        bound it between siesta's draw and the backend's bind), with time left to retry."""
+        if self._provider.alive(session.id) or self._clock.monotonic() >= deadline:
+            return False
+        try:
+            said = await asyncio.wait_for(self._provider.logs(session.id, 20), 2.0)
+        except Exception:
+            return False
+        last_start = said.rsplit("--- siesta: starting", 1)[-1].lower()
+        return any(sign in last_start for sign in PORT_TAKEN_SIGNS)
 
     async def _launch(self, session: Session, left: RunningBackend | None) -> RunningBackend:
         """A new backend, or the one another replica's interrupted wake left running."""

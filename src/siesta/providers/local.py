@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -382,13 +383,52 @@ def fill(text: str, values: Mapping[str, str]) -> str:
     return text
 
 
+BACKEND_PORTS = (10000, 32767)
+"""Where backends' ports are drawn from: below Linux's default ephemeral range (32768 and
+up), so that no outgoing connection (siesta's own, a client's on the same machine) takes a
+port between the draw and the backend's bind. The kernel's port 0 comes from that range."""
+
+_handed: dict[int, float] = {}  # port -> when it was handed out (monotonic)
+HANDED_FOR = 60.0  # seconds a port handed to a backend is not handed out again
+
+
 def free_port(host: str) -> int:
-    """A TCP port on `host` that nothing listens on right now."""
+    """A TCP port on `host` that nothing listens on right now, drawn at random outside
+    the ephemeral range, and not handed out in the last `HANDED_FOR` seconds (a backend
+    may take that long to bind it). Replicas on one machine draw independently: a random
+    draw over 22,768 ports makes a clash between two starts unlikely, and the bind test
+    catches a port already taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    now = time.monotonic()
+    for port, when in list(_handed.items()):
+        if now - when > HANDED_FOR:
+            del _handed[port]
+    low, high = _backend_ports()
+    for _ in range(64):
+        port = random.randint(low, high)
+        if port in _handed:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed[port] = now
         return port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:  # a crowded range: the kernel's
+        sock.bind((host, 0))
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _backend_ports() -> tuple[int, int]:
+    """`BACKEND_PORTS`, kept below the machine's ephemeral range when it was lowered."""
+    low, high = BACKEND_PORTS
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return low, high
+    return (low, min(high, ephemeral - 1)) if ephemeral - 1 > low + 1000 else (low, high)
 
 
 def _exit_reason(proc: _Process) -> str:
