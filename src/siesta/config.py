@@ -123,6 +123,20 @@ Duration = Annotated[
         }
     ),
 ]
+# A Duration that `off` (or 0) turns off (issue 9's body timeouts).
+OffDuration = Annotated[
+    Duration,
+    BeforeValidator(lambda value: 0 if value is False or value == "off" else value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "description": "a number of seconds; 0: off"},
+                {"type": "string", "pattern": _DURATION_PATTERN, "description": "e.g. 60s"},
+                {"const": "off"},
+            ]
+        }
+    ),
+]
 # A Duration that must be more than zero (a period to wait between checks).
 PositiveDuration = Annotated[Duration, AfterValidator(_more_than_zero)]
 """Seconds, written as a number of seconds or a string like "500ms", "15m", "1h30m"."""
@@ -140,11 +154,6 @@ def _duration(default: str, description: str) -> Any:
 def _off(value: object) -> object:
     """`off` (which YAML also reads as false) means no listener."""
     return None if value is False or value == "off" else value
-
-
-def _off_zero(value: object) -> object:
-    """`off` (or false) for a duration that can be turned off: 0 seconds."""
-    return 0 if value is False or value == "off" else value
 
 
 def _check_rate(value: str) -> str:
@@ -298,6 +307,7 @@ class GatewayConf(_Model):
     ] = Field(
         default=None,
         ge=1,
+        json_schema_extra={"default": "off"},
         description="Sessions that may run at once (waking, awake or stopping: each has a "
         "backend), or off. A wake beyond it is refused (503 with Retry-After) or makes room "
         "first, as max_awake_policy says. With replicas on Redis each replica counts the "
@@ -328,14 +338,14 @@ class GatewayConf(_Model):
         "503 at once. 1000, a tenth of max_held_total: one client cannot fill the hold "
         "queue and leave the others an immediate 503.",
     )
-    body_timeout: Annotated[Duration, BeforeValidator(_off_zero)] = _duration(
+    body_timeout: OffDuration = _duration(
         "60s",
         "Seconds a request body may go without a byte arriving (time the gateway itself "
         "stops reading, to hold back a fast client, does not count); then 408 and the "
         "connection is closed, and the request no longer counts as in flight, so the "
         "session can sleep. 0 or off: none. 60s: nginx's client_body_timeout.",
     )
-    request_timeout: Annotated[Duration, BeforeValidator(_off_zero)] = _duration(
+    request_timeout: OffDuration = _duration(
         "0s",
         "Seconds a request body may take in all, from the end of its head, whatever its "
         "pace; then 408 and the connection is closed. 0 or off: none. off by default: a "
