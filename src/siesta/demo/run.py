@@ -156,6 +156,7 @@ def demo_config(
             "listen": f"{HOST}:{port}",
             "admin_listen": f"{HOST}:{admin_port}" if admin_port else "off",
             "waiting_page": "auto",
+            "wake_rate": "off",  # the scripted traffic is one client waking sessions in rounds
         },
         "store": str(folder / "state.db"),
         "templates": templates,
