@@ -24,9 +24,9 @@ TINY = str(Path(__file__).with_name("tiny_backend.py"))
 
 
 def tiny(**extra: Any) -> dict[str, Any]:
-    """tests/tiny_backend.py: quick to start and to stop."""
+    """tests/tiny_backend.py: quick to start and to stop (`extra` overrides)."""
     command = [sys.executable, "-S", TINY, "{port}", "{session}"]
-    return backend_template(command=command, stop_grace="2s", **extra)
+    return backend_template(**{"command": command, "stop_grace": "2s", **extra})
 
 
 def sessions(*names: str, template: str = "web") -> dict[str, Any]:
@@ -220,6 +220,45 @@ def test_evict_idle_never_takes_a_session_serving_a_request(siesta: Launcher) ->
         thread.join(60)
     assert slow["r"].status_code == 200
     assert slow["r"].text == "slow done\n"
+
+
+def test_a_failed_start_gives_its_place_back(siesta: Launcher) -> None:
+    """A session whose backend cannot start does not keep a place: with max_awake 1, the
+    next session still wakes."""
+    broken = tiny(command=[sys.executable, "-c", "raise SystemExit(3)"], max_start_failures=1)
+    run = siesta(
+        templates={"web": tiny(), "broken": broken},
+        sessions={"bad": {"template": "broken"}, "good": {"template": "web"}},
+        gateway={"max_awake": 1},
+    )
+    failed = httpx.get(run.url("bad"), timeout=30)
+    assert failed.status_code == 503
+    assert "too many sessions" not in failed.text
+    assert httpx.get(run.url("good"), timeout=30).status_code == 200
+
+
+def test_an_eviction_waits_for_a_slow_stop(siesta: Launcher) -> None:
+    """The session evicted ignores SIGTERM, so its stop takes stop_grace: the wake that
+    made room waits for it (the cap holds meanwhile), then is served."""
+    deaf = (
+        "import runpy, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    command = [sys.executable, "-c", deaf, TINY, "{port}", "{session}"]
+    run = siesta(
+        templates={"web": tiny(command=command, stop_grace="2s")},
+        sessions=sessions("a", "b"),
+        gateway={"max_awake": 1, "max_awake_policy": "evict_idle"},
+    )
+    assert httpx.get(run.url("a"), timeout=30).status_code == 200
+    assert httpx.get(run.url("b"), timeout=30).status_code == 200
+    events = run.events()
+    assert most_running(events) == 1
+    slept = next(e for e in events if e.session == "a" and e.new is State.ASLEEP)
+    assert slept.reason.startswith("evicted: ")
+    woke = next(e for e in events if e.session == "b" and e.new is State.WAKING)
+    assert woke.at - slept.at >= 0  # b began only once a was gone
+    assert woke.at - next(e for e in events if e.new is State.STOPPING).at >= 1.5
 
 
 def _all_at_once(run: SiestaProcess, names: list[str]) -> list[httpx.Response]:
