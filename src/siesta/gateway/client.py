@@ -420,9 +420,8 @@ class ClientConnection(asyncio.Protocol):
             up.send(LAST_CHUNK)
         if self._write_paused and up.transport is not None:
             up.transport.pause_reading()
-        if req.early:
-            up.send(req.early)
-            req.early = b""
+        # Bytes after an upgrade request's head wait for the backend's 101 (`_start_tunnel`):
+        # a backend that refuses the upgrade would read them as requests of its own.
 
     def _request_head(self, req: Request) -> bytes:
         lines = req.lines
@@ -731,7 +730,7 @@ class ClientConnection(asyncio.Protocol):
     # -- upgrades (websockets) ------------------------------------------------
 
     def _upgrade_requested(self, rest: bytes) -> None:
-        req = self.current
+        req = self.queue[-1] if self.queue else self.current  # it may wait behind another
         if req is None or not req.upgrade:
             self._refuse(400, "unexpected upgrade")
             return
