@@ -46,6 +46,8 @@ UPSTREAM = 4  # the backend's socket buffer is full
 TUNNEL_WAIT = 8  # an upgrade waits for the backend's answer
 
 MAX_BUFFERED_BODY = 256 * 1024
+# The largest Content-Length passed on: what a backend reading it into 64 signed bits holds.
+MAX_CONTENT_LENGTH = 2**63 - 1
 # Methods whose requests rarely carry a body, so backends often leave one unread.
 BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
@@ -246,9 +248,10 @@ class ClientConnection(asyncio.Protocol):
         """One pass over the headers: what routing needs, the lines to forward, and what
         makes the head unacceptable (`req.problem`): RFC 9112 wants exactly one Host in
         HTTP/1.1; a routing header must name one session; only `chunked` is a transfer
-        coding the gateway can re-frame."""
+        coding the gateway can re-frame; a Content-Length goes on in its plain form."""
         lines = req.lines = []
         dropped = self.gw.dropped_headers
+        body = False  # a Content-Length above 0
         for name, value in req.headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
@@ -273,7 +276,12 @@ class ClientConnection(asyncio.Protocol):
                 if req.route_value is not None:
                     req.problem = (400, f"more than one {name.decode('latin-1')} header")
                 req.route_value = value
+            elif lname == b"content-length":
+                value = _content_length(req, value)
+                body = value != b"0"
             lines.append(name + b": " + value + CRLF)
+        if req.upgrade:
+            _check_upgrade(req, body)
         if req.version != "1.1":
             _check_old_version(req)
         elif req.host is None:
@@ -792,3 +800,29 @@ def _check_old_version(req: Request) -> None:
         req.problem = (505, "only HTTP/1.1 and HTTP/1.0 are served")
     elif req.chunked:
         req.problem = (400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+
+
+def _content_length(req: Request, value: bytes) -> bytes:
+    """The Content-Length to pass on. llhttp took `value` for digits with optional
+    whitespace; leading zeros (octal to some parsers) and the whitespace go, and a value
+    past 64 signed bits is refused, since a backend could wrap it into a small one."""
+    if value.isdigit() and (value[:1] != b"0" or len(value) == 1) and len(value) < 19:
+        return value  # the common case: already plain
+    try:
+        size = int(value)
+    except ValueError:
+        req.problem = (400, "an invalid Content-Length")
+        return value
+    if size > MAX_CONTENT_LENGTH:
+        req.problem = (413, "the request body is larger than the gateway accepts")
+    return b"%d" % size
+
+
+def _check_upgrade(req: Request, body: bool) -> None:
+    """An upgrade is a websocket-style handshake without a body: llhttp ends the message at
+    its head, so body bytes would reach the backend as the new protocol's first bytes (or
+    as requests, when it refuses). CONNECT tunnels are not served."""
+    if req.method == b"CONNECT":
+        req.problem = (501, "CONNECT is not served")
+    elif body or req.chunked:
+        req.problem = (400, "an upgrade request with a body is not served")
