@@ -282,6 +282,8 @@ class ClientConnection(asyncio.Protocol):
             lines.append(name + b": " + value + CRLF)
         if req.upgrade:
             _check_upgrade(req, body)
+        if req.target[:1] != b"/":
+            _origin_form(req)
         if req.version != "1.1":
             _check_old_version(req)
         elif req.host is None:
@@ -826,3 +828,22 @@ def _check_upgrade(req: Request, body: bool) -> None:
         req.problem = (501, "CONNECT is not served")
     elif body or req.chunked:
         req.problem = (400, "an upgrade request with a body is not served")
+
+
+def _origin_form(req: Request) -> None:
+    """An absolute-form target (`http://host/path`, RFC 9112 3.2.2): its host is the
+    request's, so it must be the Host header's too (400 otherwise: the gateway would route
+    by one name while the backend reads the other); routing and the backend get the
+    origin form (`/path`). Other forms are left to routing."""
+    scheme, sep, rest = req.target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return
+    cut = len(rest)
+    for mark in (b"/", b"?"):
+        at = rest.find(mark)
+        if 0 <= at < cut:
+            cut = at
+    authority, path = rest[:cut].lower(), rest[cut:]
+    if req.host is not None and req.host.strip().lower() != authority:
+        req.problem = (400, "the request target names another host than the Host header")
+    req.target = path if path[:1] == b"/" else b"/" + path
