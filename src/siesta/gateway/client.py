@@ -44,6 +44,7 @@ PIPELINE = 1  # a request waits behind the current one
 BUFFER = 2  # body bytes are buffered while no backend connection is ready
 UPSTREAM = 4  # the backend's socket buffer is full
 TUNNEL_WAIT = 8  # an upgrade waits for the backend's answer
+REFUSED = 16  # a malformed request waits for those before it to be answered (`_refuse`)
 
 MAX_BUFFERED_BODY = 256 * 1024
 # The largest Content-Length passed on: what a backend reading it into 64 signed bits holds.
@@ -83,6 +84,7 @@ class Request:
     route_value: bytes | None = None
     lines: list[bytes] = []  # noqa: RUF012 - replaced, never mutated: header lines to forward
     body_done = False
+    bodyless = False  # declares no body (no Content-Length above 0, no Transfer-Encoding)
     pending: list[bytes] | None = None  # body bytes held until a backend connection is ready
     buffered = 0
     session: Session | None = None
@@ -134,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._head_size = 0
+        self._refusal: tuple[int, str, str | None] | None = None  # answered after the queue
         self._route_header = gateway.route_header
         self._out: list[bytes] = []  # response bytes gathered for one write
         # The last request routed on this connection, and what came of it: a client
@@ -280,6 +283,7 @@ class ClientConnection(asyncio.Protocol):
                 value = _content_length(req, value)
                 body = value != b"0"
             lines.append(name + b": " + value + CRLF)
+        req.bodyless = not body and not req.chunked
         if req.upgrade:
             _check_upgrade(req, body)
         if req.target[:1] != b"/":
@@ -288,6 +292,8 @@ class ClientConnection(asyncio.Protocol):
             _check_old_version(req)
         elif req.host is None:
             req.problem = (400, "an HTTP/1.1 request needs a Host header")
+        if req.problem is not None:
+            req.keep_alive = False  # after a malformed head, nothing more is read
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -586,7 +592,9 @@ class ClientConnection(asyncio.Protocol):
             return  # pipelined behind another: answered when its turn comes
         self.flush()
         req.responded = req.response_done = True
-        keep_alive = req.keep_alive and req.body_done and not req.upgrade
+        # Keep the connection when the request's body is read, or when it has none (an
+        # answer given at its head, before llhttp saw the message's end).
+        keep_alive = req.keep_alive and (req.body_done or req.bodyless) and not req.upgrade
         req.keep_alive = keep_alive
         if body is not None:
             payload = body
@@ -630,8 +638,12 @@ class ClientConnection(asyncio.Protocol):
         return f"{req.method.decode('latin-1')} {target} from {self.peer.decode()}"
 
     def _refuse(self, status: int, why: str, *, detail: str | None = None) -> None:
-        """A request that cannot be parsed: answer if we can, then close."""
+        """A request that cannot be parsed: answer if we can, then close. The requests
+        before it on the connection are answered first."""
         req = self.current
+        if req is not None and req is not self.parsing and not self.closing:
+            self._refuse_later(req, status, why, detail)
+            return
         if req is None or req is self.parsing:
             req = req or self.parsing or Request()
             self.current = req
@@ -645,10 +657,26 @@ class ClientConnection(asyncio.Protocol):
                 self.respond(req, status, why, detail=detail)
         self._close()
 
+    def _refuse_later(self, current: Request, status: int, why: str, detail: str | None) -> None:
+        """A request behind the one in flight is malformed: stop reading, drop it, and
+        answer it once those before it are answered (`_next`). Bytes after a request that
+        closes the connection are not requests at all (RFC 9112 9.6): they are ignored."""
+        bad = self.parsing
+        self.parsing = None
+        if bad is not None and bad in self.queue:  # its head was whole, its body was not
+            self.queue.remove(bad)
+        last = self.queue[-1] if self.queue else current
+        if last.keep_alive:
+            self._refusal = (status, why, detail)
+        self._pause(REFUSED)
+
     # -- connection state -----------------------------------------------------
 
     def _next(self) -> None:
         """The current request is done: start the next one in the pipeline, if any."""
+        if self.closing:
+            return  # nothing more is forwarded on a connection that closes (what is parsed
+            # behind the current request queues up, and goes with the connection)
         self.current = None
         if self.queue:
             req = self.queue.popleft()
@@ -656,6 +684,13 @@ class ClientConnection(asyncio.Protocol):
             if not self.queue:
                 self._resume(PIPELINE)
             self._dispatch(req)
+        elif self._refusal is not None:
+            status, why, detail = self._refusal
+            self._refusal = None
+            req = self.current = Request()
+            req.keep_alive = False
+            req.body_done = True
+            self.respond(req, status, why, detail=detail)
         else:
             self._resume(PIPELINE)
             if self.parsing is None:
