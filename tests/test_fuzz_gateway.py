@@ -219,7 +219,7 @@ def render(spec: Spec, token: bytes) -> Exchange:
         ]
     else:
         target = path
-    routed = spec.session in SESSIONS and (spec.form == "origin" or spec.form == "absolute")
+    routed = _routed(target)
     body = spec.body
     if spec.hidden:
         body = b"GET /s/bob/%s/hidden HTTP/1.1\r\nHost: t\r\n\r\n" % token + body
@@ -249,13 +249,24 @@ def render(spec: Spec, token: bytes) -> Exchange:
     )
     return Exchange(
         token,
-        spec.session if routed else None,
+        routed,
         spec.method,
         head + wire_body,
         sent_body,
         clean=spec.clean,
         closes=closes or (not routed and bool(sent_body)),  # answered at its head: closes
     )
+
+
+def _routed(target: bytes) -> str | None:
+    """The session path routing picks for `target` (by its raw /s/<name>/ prefix, so
+    `/s/alice/../bob/` is alice's, whose backend gets `/../bob/`)."""
+    if target.startswith(b"http://t/"):
+        target = target[len(b"http://t") :]
+    if not target.startswith(b"/s/"):
+        return None
+    name = target[3:].partition(b"/")[0].decode("latin-1")
+    return name if name in SESSIONS and b"/" in target[3:] else None
 
 
 def _framing(spec: Spec, body: bytes) -> tuple[list[bytes], bytes, bytes]:
