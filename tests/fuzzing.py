@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from .conftest import START_DEADLINE, accepts, free_port, wait_for
@@ -304,7 +305,6 @@ class FuzzGateway:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=folder,
-                start_new_session=True,
             )
         try:
             wait_for(
@@ -337,14 +337,18 @@ class FuzzGateway:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
+        backends = []
+        with contextlib.suppress(psutil.Error):
+            backends = psutil.Process(self.proc.pid).children()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        with contextlib.suppress(OSError):  # backends never outlive the test
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        for backend in backends:  # backends never outlive the test, even after a crash
+            with contextlib.suppress(OSError):
+                os.killpg(backend.pid, signal.SIGKILL)
 
     def register(self, conversations: list[Conversation]) -> None:
         for conv in conversations:
