@@ -6,7 +6,7 @@ RUNTIME := $(VENV)/.runtime
 STAMP   := $(VENV)/.installed
 PORT    ?= 8080
 
-.PHONY: demo test lint bench compiled pure clean dist
+.PHONY: demo test lint bench compiled pure clean dist fuzz
 
 # What siesta needs to run (make demo): the package and its runtime dependencies only.
 # The hot path is compiled too (as a wheel's build hook does), or left pure with a warning
@@ -47,6 +47,14 @@ PARALLEL ?= -n 2 --dist loadgroup
 
 # The whole suite runs on the compiled hot path; these again on the pure one.
 GATEWAY_TESTS := tests/test_gateway_http.py tests/test_http_heads.py tests/test_wake.py
+
+# The gateway fuzzer's long run: thousands of Hypothesis rounds (random seeds) against the
+# compiled hot path, then the smuggling corpus. FUZZ_EXAMPLES=N for another count.
+FUZZ_EXAMPLES ?= 5000
+fuzz: compiled
+	SIESTA_FUZZ=long SIESTA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
+		--hypothesis-show-statistics -o timeout=0 tests/test_fuzz_gateway.py
+	$(BIN)/pytest -q tests/test_smuggling_corpus.py
 
 # The sdist and the wheel (its build hook compiles the hot path) into dist/, then the
 # wheel installed with pipx into a temporary place (tests/test_packaging.py).

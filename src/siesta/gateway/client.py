@@ -44,8 +44,11 @@ PIPELINE = 1  # a request waits behind the current one
 BUFFER = 2  # body bytes are buffered while no backend connection is ready
 UPSTREAM = 4  # the backend's socket buffer is full
 TUNNEL_WAIT = 8  # an upgrade waits for the backend's answer
+REFUSED = 16  # a malformed request waits for those before it to be answered (`_refuse`)
 
 MAX_BUFFERED_BODY = 256 * 1024
+# The largest Content-Length passed on: what a backend reading it into 64 signed bits holds.
+MAX_CONTENT_LENGTH = 2**63 - 1
 # Methods whose requests rarely carry a body, so backends often leave one unread.
 BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
@@ -81,6 +84,7 @@ class Request:
     route_value: bytes | None = None
     lines: list[bytes] = []  # noqa: RUF012 - replaced, never mutated: header lines to forward
     body_done = False
+    bodyless = False  # declares no body (no Content-Length above 0, no Transfer-Encoding)
     pending: list[bytes] | None = None  # body bytes held until a backend connection is ready
     buffered = 0
     session: Session | None = None
@@ -132,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._head_size = 0
+        self._refusal: tuple[int, str, str | None] | None = None  # answered after the queue
         self._route_header = gateway.route_header
         self._out: list[bytes] = []  # response bytes gathered for one write
         # The last request routed on this connection, and what came of it: a client
@@ -253,9 +258,10 @@ class ClientConnection(asyncio.Protocol):
         """One pass over the headers: what routing needs, the lines to forward, and what
         makes the head unacceptable (`req.problem`): RFC 9112 wants exactly one Host in
         HTTP/1.1; a routing header must name one session; only `chunked` is a transfer
-        coding the gateway can re-frame."""
+        coding the gateway can re-frame; a Content-Length goes on in its plain form."""
         lines = req.lines = []
         dropped = self.gw.dropped_headers
+        body = False  # a Content-Length above 0
         for name, value in req.headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
@@ -280,11 +286,21 @@ class ClientConnection(asyncio.Protocol):
                 if req.route_value is not None:
                     req.problem = (400, f"more than one {name.decode('latin-1')} header")
                 req.route_value = value
+            elif lname == b"content-length":
+                value = _content_length(req, value)
+                body = value != b"0"
             lines.append(name + b": " + value + CRLF)
+        req.bodyless = not body and not req.chunked
+        if req.upgrade:
+            _check_upgrade(req, body)
+        if req.target[:1] != b"/":
+            _origin_form(req)
         if req.version != "1.1":
             _check_old_version(req)
         elif req.host is None:
             req.problem = (400, "an HTTP/1.1 request needs a Host header")
+        if req.problem is not None:
+            req.keep_alive = False  # after a malformed head, nothing more is read
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -428,9 +444,8 @@ class ClientConnection(asyncio.Protocol):
             up.send(LAST_CHUNK)
         if self._write_paused and up.transport is not None:
             up.transport.pause_reading()
-        if req.early:
-            up.send(req.early)
-            req.early = b""
+        # Bytes after an upgrade request's head wait for the backend's 101 (`_start_tunnel`):
+        # a backend that refuses the upgrade would read them as requests of its own.
 
     def _request_head(self, req: Request) -> bytes:
         lines = req.lines
@@ -585,7 +600,9 @@ class ClientConnection(asyncio.Protocol):
             return  # pipelined behind another: answered when its turn comes
         self.flush()
         req.responded = req.response_done = True
-        keep_alive = req.keep_alive and req.body_done and not req.upgrade
+        # Keep the connection when the request's body is read, or when it has none (an
+        # answer given at its head, before llhttp saw the message's end).
+        keep_alive = req.keep_alive and (req.body_done or req.bodyless) and not req.upgrade
         req.keep_alive = keep_alive
         if body is not None:
             payload = body
@@ -629,8 +646,12 @@ class ClientConnection(asyncio.Protocol):
         return f"{req.method.decode('latin-1')} {target} from {self.peer.decode()}"
 
     def _refuse(self, status: int, why: str, *, detail: str | None = None) -> None:
-        """A request that cannot be parsed: answer if we can, then close."""
+        """A request that cannot be parsed: answer if we can, then close. The requests
+        before it on the connection are answered first."""
         req = self.current
+        if req is not None and req is not self.parsing and not self.closing:
+            self._refuse_later(req, status, why, detail)
+            return
         if req is None or req is self.parsing:
             req = req or self.parsing or Request()
             self.current = req
@@ -644,10 +665,26 @@ class ClientConnection(asyncio.Protocol):
                 self.respond(req, status, why, detail=detail)
         self._close()
 
+    def _refuse_later(self, current: Request, status: int, why: str, detail: str | None) -> None:
+        """A request behind the one in flight is malformed: stop reading, drop it, and
+        answer it once those before it are answered (`_next`). Bytes after a request that
+        closes the connection are not requests at all (RFC 9112 9.6): they are ignored."""
+        bad = self.parsing
+        self.parsing = None
+        if bad is not None and bad in self.queue:  # its head was whole, its body was not
+            self.queue.remove(bad)
+        last = self.queue[-1] if self.queue else current
+        if last.keep_alive:
+            self._refusal = (status, why, detail)
+        self._pause(REFUSED)
+
     # -- connection state -----------------------------------------------------
 
     def _next(self) -> None:
         """The current request is done: start the next one in the pipeline, if any."""
+        if self.closing:
+            return  # nothing more is forwarded on a connection that closes (what is parsed
+            # behind the current request queues up, and goes with the connection)
         self.current = None
         if self.queue:
             req = self.queue.popleft()
@@ -655,6 +692,13 @@ class ClientConnection(asyncio.Protocol):
             if not self.queue:
                 self._resume(PIPELINE)
             self._dispatch(req)
+        elif self._refusal is not None:
+            status, why, detail = self._refusal
+            self._refusal = None
+            req = self.current = Request()
+            req.keep_alive = False
+            req.body_done = True
+            self.respond(req, status, why, detail=detail)
         else:
             self._resume(PIPELINE)
             if self.parsing is None:
@@ -761,7 +805,7 @@ class ClientConnection(asyncio.Protocol):
     # -- upgrades (websockets) ------------------------------------------------
 
     def _upgrade_requested(self, rest: bytes) -> None:
-        req = self.current
+        req = self.queue[-1] if self.queue else self.current  # it may wait behind another
         if req is None or not req.upgrade:
             self._refuse(400, "unexpected upgrade")
             return
@@ -823,3 +867,48 @@ def _check_old_version(req: Request) -> None:
         req.problem = (505, "only HTTP/1.1 and HTTP/1.0 are served")
     elif req.chunked:
         req.problem = (400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+
+
+def _content_length(req: Request, value: bytes) -> bytes:
+    """The Content-Length to pass on. llhttp took `value` for digits with optional
+    whitespace; leading zeros (octal to some parsers) and the whitespace go, and a value
+    past 64 signed bits is refused, since a backend could wrap it into a small one."""
+    if value.isdigit() and (value[:1] != b"0" or len(value) == 1) and len(value) < 19:
+        return value  # the common case: already plain
+    try:
+        size = int(value)
+    except ValueError:
+        req.problem = (400, "an invalid Content-Length")
+        return value
+    if size > MAX_CONTENT_LENGTH:
+        req.problem = (413, "the request body is larger than the gateway accepts")
+    return b"%d" % size
+
+
+def _check_upgrade(req: Request, body: bool) -> None:
+    """An upgrade is a websocket-style handshake without a body: llhttp ends the message at
+    its head, so body bytes would reach the backend as the new protocol's first bytes (or
+    as requests, when it refuses). CONNECT tunnels are not served."""
+    if req.method == b"CONNECT":
+        req.problem = (501, "CONNECT is not served")
+    elif body or req.chunked:
+        req.problem = (400, "an upgrade request with a body is not served")
+
+
+def _origin_form(req: Request) -> None:
+    """An absolute-form target (`http://host/path`, RFC 9112 3.2.2): its host is the
+    request's, so it must be the Host header's too (400 otherwise: the gateway would route
+    by one name while the backend reads the other); routing and the backend get the
+    origin form (`/path`). Other forms are left to routing."""
+    scheme, sep, rest = req.target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return
+    cut = len(rest)
+    for mark in (b"/", b"?"):
+        at = rest.find(mark)
+        if 0 <= at < cut:
+            cut = at
+    authority, path = rest[:cut].lower(), rest[cut:]
+    if req.host is not None and req.host.strip().lower() != authority:
+        req.problem = (400, "the request target names another host than the Host header")
+    req.target = path if path[:1] == b"/" else b"/" + path
