@@ -46,7 +46,8 @@ test: lint
 PARALLEL ?= -n 2 --dist loadgroup
 
 # The whole suite runs on the compiled hot path; these again on the pure one.
-GATEWAY_TESTS := tests/test_gateway_http.py tests/test_http_heads.py tests/test_wake.py
+GATEWAY_TESTS := tests/test_gateway_http.py tests/test_http_heads.py tests/test_wake.py \
+	tests/test_strict_http.py tests/test_fuzz_gateway.py tests/test_smuggling_corpus.py
 
 # The gateway fuzzer's long run: thousands of Hypothesis rounds (random seeds) against the
 # compiled hot path, then the smuggling corpus. FUZZ_EXAMPLES=N for another count.
