@@ -16,6 +16,7 @@ from siesta.api.app import build_app
 from siesta.api.auth import load_token
 from siesta.api.deps import Services, no_logs
 from siesta.api.events import EventHub
+from siesta.auth.tokens import TokenBook
 from siesta.config import Config
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
@@ -46,6 +47,7 @@ class AdminServer:
         controller: Callable[[], object | None],
         logs: Callable[[str, int], Awaitable[str]] | None = None,
         ledger: LedgerKeeper | None = None,
+        tokens: TokenBook | None = None,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
@@ -60,6 +62,7 @@ class AdminServer:
             check_new=config.session_problem,
             ledger=ledger,
             config=config,
+            tokens=tokens,
         )
         self.token = ""
         self._server: _Server | None = None
