@@ -23,11 +23,13 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from siesta.api import AdminServer
 from siesta.auth.forward import ForwardAuth
+from siesta.auth.oidc import OidcClient
+from siesta.auth.setup import cookie_key, oidc_settings
 from siesta.auth.tokens import TokenBook
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.core.model import Session
-from siesta.gateway.auth import ForwardGate, TokenGate
+from siesta.gateway.auth import ForwardGate, OidcGate, TokenGate
 from siesta.gateway.server import AuthGate, Gateway
 from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
@@ -206,6 +208,23 @@ class Siesta:
                 dropped=self.gateway.dropped_headers,
             )
             return ForwardGate(self.gateway, forward, auth.allow_rule)
+        if auth.mode == "oidc":
+            oidc = auth.oidc
+            assert oidc is not None
+            try:
+                settings = oidc_settings(oidc, "gateway.auth.oidc")
+                key = cookie_key(oidc, "gateway.auth.oidc", self.config.state_dir)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            return OidcGate(
+                self.gateway,
+                OidcClient(settings),
+                key,
+                auth.allow_rule,
+                redirect_uri=oidc.redirect_uri,
+                cookie_domain=oidc.cookie_domain,
+                login_ttl=oidc.login_ttl,
+            )
         return None
 
     def _base_url(self, session: str) -> str:

@@ -25,10 +25,15 @@ import asyncio
 import hmac
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from siesta.auth import cookies
 from siesta.auth.forward import Answer, Asked, ForwardAuth, Unavailable
+from siesta.auth.oidc import FLOW_TTL, OidcClient, OidcError
+from siesta.auth.oidc import Unavailable as ProviderUnavailable
+from siesta.auth.signed import Signer
 from siesta.auth.tokens import TokenBook
 from siesta.core.allow import AllowRule, session_values
 from siesta.core.routing import Route
@@ -236,3 +241,217 @@ class ForwardGate(Gate):
 
     async def close(self) -> None:
         await self.forward.close()
+
+
+OIDC_PREFIX = b"/.siesta/oidc/"
+CALLBACK = OIDC_PREFIX + b"callback"
+LOGOUT = OIDC_PREFIX + b"logout"
+LOGIN_COOKIE = b"siesta_oidc"
+FLOW_COOKIE = b"siesta_oidc_flow_"  # + the start of the login's state
+MAX_COOKIE = 3800  # bytes of a login cookie at most (browsers keep 4096 per cookie)
+MAX_VERIFIED = 10_000  # login cookies whose check is remembered
+
+
+class OidcGate(Gate):
+    """Mode oidc: a login with the provider, a signed cookie, the allow rule over claims.
+
+    Its own paths, under /.siesta/oidc/ on any host (so path, host and header routing
+    all reach them): `callback` (the provider sends the browser back there) and
+    `logout`.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        client: OidcClient,
+        key: bytes,
+        allow: AllowRule | None,
+        *,
+        redirect_uri: str | None,
+        cookie_domain: str | None,
+        login_ttl: float,
+    ):
+        super().__init__(gateway)
+        self.client = client
+        self.allow = allow
+        self.login = Signer(key, "gateway login")
+        self.flow = Signer(key, "gateway login flow")
+        self.redirect_uri = redirect_uri
+        self.domain = cookie_domain.encode() if cookie_domain else None
+        self.login_ttl = login_ttl
+        self._verified: dict[bytes, tuple[float, dict[str, Any]]] = {}
+
+    def admit(self, conn: ClientConnection, req: Request, route: Route) -> None:
+        if req.target.startswith(OIDC_PREFIX):
+            self._own(conn, req)
+            return
+        if route.session is None:
+            conn.unrouted(req, route)
+            return
+        claims = self._claims(req)
+        if claims is None:
+            if wants_login_page(req):
+                self._start(conn, req)
+            else:
+                self.unauthenticated(conn, req, b'Bearer realm="siesta"')
+            return
+        if req.head is None:
+            req.lines = cookies.strip_lines(
+                req.lines, cookie_prefix=LOGIN_COOKIE, authorization=False
+            )
+        self.allowed(self.allow, conn, req, route, ("claims", claims))
+
+    def _claims(self, req: Request) -> dict[str, Any] | None:
+        """The claims of the request's login cookie, when it is ours and not expired."""
+        value = cookies.cookie(req.headers, LOGIN_COOKIE)
+        if value is None:
+            return None
+        now = time.time()
+        known = self._verified.get(value)
+        if known is not None and known[0] > now:
+            return known[1]
+        login = self.login.verify(value.decode("latin-1"), now)
+        if login is None or not isinstance(login.get("claims"), dict):
+            return None
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        claims: dict[str, Any] = login["claims"]
+        self._verified[value] = (float(login["exp"]), claims)
+        return claims
+
+    # -- a login under way ------------------------------------------------------------
+
+    def _start(self, conn: ClientConnection, req: Request) -> None:
+        """Send a browser to the provider (reading its discovery document first, once)."""
+        if self.client.ready:
+            self._redirect(conn, req)
+        else:
+            req.hold = asyncio.ensure_future(self._discover_then_redirect(conn, req))
+
+    async def _discover_then_redirect(self, conn: ClientConnection, req: Request) -> None:
+        try:
+            await self.client.metadata()
+        except OidcError as exc:
+            req.hold = None
+            self._failed(conn, req, exc)
+            return
+        req.hold = None
+        if req is conn.current and not conn.closing:
+            self._redirect(conn, req)
+
+    def _redirect(self, conn: ClientConnection, req: Request) -> None:
+        proto, host = self.proto(conn, req), self.host(conn, req)
+        base = proto + b"://" + host
+        redirect_uri = self.redirect_uri or (base + CALLBACK).decode("latin-1")
+        back = req.target if self.redirect_uri is None else base + req.target
+        flow, url = self.client.begin(redirect_uri, back.decode("latin-1"))
+        signed = self.flow.sign(flow, FLOW_TTL).encode()
+        name = FLOW_COOKIE + flow["state"][:16].encode()
+        cookie = self._cookie(name, signed, proto, path=OIDC_PREFIX[:-1], max_age=int(FLOW_TTL))
+        headers = ((b"Location", url.encode()), (b"Set-Cookie", cookie))
+        conn.respond(req, 302, "log in first", headers=headers)
+
+    def _own(self, conn: ClientConnection, req: Request) -> None:
+        """/.siesta/oidc/callback and /.siesta/oidc/logout."""
+        path, _, query = req.target.partition(b"?")
+        if path == CALLBACK and req.method in (b"GET", b"POST"):
+            req.hold = asyncio.ensure_future(self._callback(conn, req, query))
+        elif path == LOGOUT:
+            req.hold = asyncio.ensure_future(self._logout(conn, req))
+        else:
+            conn.respond(req, 404, "no such path")
+
+    async def _callback(self, conn: ClientConnection, req: Request, query: bytes) -> None:
+        params = {k: v[0] for k, v in parse_qs(query.decode("latin-1")).items()}
+        try:
+            claims, back = await self._finish(req, params)
+        except OidcError as exc:
+            req.hold = None
+            self._failed(conn, req, exc)
+            return
+        req.hold = None
+        if req is not conn.current or conn.closing:
+            return
+        proto = self.proto(conn, req)
+        login = self.login.sign({"claims": claims}, self.login_ttl).encode()
+        if len(login) > MAX_COOKIE:
+            why = OidcError("the identity is too large for a cookie", f"{len(login)} bytes")
+            self._failed(conn, req, why)
+            return
+        state = params.get("state", "")[:16].encode()
+        headers = (
+            (b"Location", back.encode("latin-1")),
+            (b"Set-Cookie", self._cookie(LOGIN_COOKIE, login, proto, max_age=int(self.login_ttl))),
+            (
+                b"Set-Cookie",
+                self._cookie(FLOW_COOKIE + state, b"", proto, path=OIDC_PREFIX[:-1], max_age=0),
+            ),
+        )
+        who = claims.get("email") or claims.get("sub")
+        log.info("logged in through OIDC: %s", who)
+        conn.respond(req, 303, "logged in", headers=headers)
+
+    async def _finish(self, req: Request, params: dict[str, str]) -> tuple[dict[str, Any], str]:
+        """The claims of a finished login, and where its browser goes back to."""
+        if "error" in params:
+            error = "".join(c for c in params["error"][:64] if c.isalnum() or c in "_-")
+            raise OidcError(f"the login provider refused the login ({error})", params["error"])
+        state, code = params.get("state", ""), params.get("code", "")
+        if not state or not code:
+            raise OidcError("this is not a login's answer: log in again", "no state or code")
+        signed = cookies.cookie(req.headers, FLOW_COOKIE + state[:16].encode())
+        flow = self.flow.verify(signed.decode("latin-1")) if signed is not None else None
+        if flow is None or not hmac.compare_digest(str(flow.get("state", "")), state):
+            raise OidcError(
+                "this login expired or was started elsewhere: log in again",
+                "no flow cookie for the state, or a stale one",
+            )
+        return await self.client.finish(code, flow), str(flow["back"])
+
+    async def _logout(self, conn: ClientConnection, req: Request) -> None:
+        url = await self.client.logout_url(None)
+        req.hold = None
+        if req is not conn.current or conn.closing:
+            return
+        proto = self.proto(conn, req)
+        gone = (b"Set-Cookie", self._cookie(LOGIN_COOKIE, b"", proto, max_age=0))
+        if url is not None:
+            conn.respond(req, 303, "logged out", headers=((b"Location", url.encode()), gone))
+        else:
+            conn.respond(req, 200, "logged out", headers=(gone,))
+
+    def _failed(self, conn: ClientConnection, req: Request, exc: OidcError) -> None:
+        if isinstance(exc, ProviderUnavailable):
+            retry = ((b"Retry-After", UNAVAILABLE_RETRY),)
+            conn.respond(req, 503, exc.public, detail=str(exc), headers=retry)
+        else:
+            log.warning("an OIDC login failed: %s", exc)
+            conn.respond(req, 403, exc.public, detail=str(exc))
+
+    def _cookie(
+        self, name: bytes, value: bytes, proto: bytes, *, path: bytes = b"/", max_age: int
+    ) -> bytes:
+        parts = [name + b"=" + value, b"Path=" + path, b"Max-Age=%d" % max_age, b"HttpOnly"]
+        parts.append(b"SameSite=Lax")
+        if self.domain is not None:
+            parts.append(b"Domain=" + self.domain)
+        if proto == b"https":
+            parts.append(b"Secure")
+        return b"; ".join(parts)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def wants_login_page(req: Request) -> bool:
+    """A browser navigating (a page it shows), not a script: GET or HEAD, Accept with
+    text/html, and not marked as XHR or as a fetch that is not a navigation."""
+    if req.method != b"GET" and req.method != b"HEAD":
+        return False
+    accept = req.header(b"accept")
+    if accept is None or b"text/html" not in accept:
+        return False
+    if (req.header(b"x-requested-with") or b"").lower() == b"xmlhttprequest":
+        return False
+    mode = req.header(b"sec-fetch-mode")
+    return mode is None or mode == b"navigate"
