@@ -129,20 +129,10 @@ class Siesta:
             else None
         )
         self.scaler_address: tuple[str, int] | None = None
-        self.admin = (
-            AdminServer(
-                config,
-                self.lifecycle,
-                self.store,
-                held=lambda: self.gateway.activator.held,
-                controller=lambda: self.controller,
-                logs=self.provider.logs,
-                ledger=self.ledger,
-                tokens=self.tokens,
-            )
-            if admin and config.gateway.admin_listen is not None
-            else None
-        )
+        try:
+            self.admin = self._admin_server(config, admin)
+        except ValueError as exc:  # a secret or key of admin.auth cannot be read
+            raise StartupError(str(exc)) from None
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
         self.sampler: Sampler | None = None
@@ -152,6 +142,20 @@ class Siesta:
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushed: dict[str, float] = {}  # last activity written, by awake session
+
+    def _admin_server(self, config: Config, admin: bool) -> AdminServer | None:
+        if not admin or config.gateway.admin_listen is None:
+            return None
+        return AdminServer(
+            config,
+            self.lifecycle,
+            self.store,
+            held=lambda: self.gateway.activator.held,
+            controller=lambda: self.controller,
+            logs=self.provider.logs,
+            ledger=self.ledger,
+            tokens=self.tokens,
+        )
 
     def _provider(self) -> Provider:
         """The local provider alone, or each kind the templates name behind a router."""
