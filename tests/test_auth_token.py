@@ -26,7 +26,7 @@ from siesta.store.sqlite import SqliteStore
 
 from .admin import client as admin_client
 from .admin import launch_admin
-from .conftest import Launcher, SiestaProcess, raw
+from .conftest import Launcher, SiestaProcess, backend_template, free_port, raw, wait_for
 from .redis_server import running_redis
 
 TOKEN_AUTH = {"auth": {"mode": "token"}}
@@ -297,3 +297,38 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+CRASH = "import sys; print('boom: the secret is hunter2', flush=True); sys.exit(3)"
+
+
+def test_behind_auth_the_failure_page_hides_the_backend_log(
+    siesta: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session behind auth that cannot start shows an admitted browser the reason and
+    the countdown, never its backend's log (which may hold what users must not read)."""
+    broken = backend_template(
+        command=[sys.executable, "-c", CRASH], max_start_failures=1, failure_backoff="60s"
+    )
+    proc = _start(siesta, monkeypatch, templates={"web": broken})
+    token = _token(proc, "alice")
+    headers = {"Accept": "text/html", "Authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=30) as http:
+        page = http.get(proc.url("alice"), headers=headers)
+    assert page.status_code == 503
+    assert "could not start" in page.text
+    assert 'id="countdown"' in page.text
+    assert "hunter2" not in page.text
+    assert 'id="log"' not in page.text
+
+
+def test_no_auth_beyond_loopback_is_warned_about(siesta: Launcher, tmp_path: Path) -> None:
+    """Listening on all addresses with mode none: a warning at start; on loopback, none."""
+    port = free_port()
+    exposed = siesta(gateway={"listen": f"0.0.0.0:{port}"}, port=port)
+    wait_for(lambda: "gateway.auth mode none" in exposed.output(), what="the warning")
+    assert "anyone who reaches it can use and wake every session" in exposed.output()
+    (tmp_path / "loopback").mkdir()
+    quiet = siesta(config_dir=tmp_path / "loopback")
+    assert httpx.get(quiet.url("alice"), timeout=30).status_code == 200  # started, served
+    assert "gateway.auth mode none" not in quiet.output()
