@@ -10,6 +10,7 @@ survive a restart, and a rotation refuses the old token and its cookie at once.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,11 @@ from siesta.store import open_store
 from siesta.store.base import Batch, Registration
 from siesta.store.sqlite import SqliteStore
 
+from .admin import TOKEN, launch_admin
 from .admin import client as admin_client
-from .admin import launch_admin
 from .conftest import Launcher, SiestaProcess, backend_template, free_port, raw, wait_for
 from .redis_server import running_redis
+from .test_replicas import Cluster
 
 TOKEN_AUTH = {"auth": {"mode": "token"}}
 
@@ -332,3 +334,51 @@ def test_no_auth_beyond_loopback_is_warned_about(siesta: Launcher, tmp_path: Pat
     quiet = siesta(config_dir=tmp_path / "loopback")
     assert httpx.get(quiet.url("alice"), timeout=30).status_code == 200  # started, served
     assert "gateway.auth mode none" not in quiet.output()
+
+
+class _TokenCluster(Cluster):
+    """Replicas on one Redis, with gateway.auth mode token."""
+
+    def config(self, port: int, admin: int, keda: int) -> dict[str, Any]:
+        conf = super().config(port, admin, keda)
+        conf["gateway"]["auth"] = {"mode": "token"}
+        return conf
+
+
+def test_replicas_share_tokens_and_rotations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas on one Redis: a session created through one has a token the other's
+    gateway accepts; a rotation through the other is refused by the first at once."""
+    monkeypatch.setenv("SIESTA_ADMIN_TOKEN", TOKEN)
+    with running_redis(tmp_path / "redis") as redis:
+        cluster = _TokenCluster(tmp_path, redis, {})
+        try:
+            first, second = cluster.start("r0"), cluster.start("r1")
+            with admin_client(f"http://127.0.0.1:{first.admin}") as admin:
+                created = admin.post("/api/sessions", json={"id": "carol", "template": "web"})
+                assert created.status_code == 201
+                old = admin.get("/api/sessions/carol/token").json()["token"]
+            bearer = {"Authorization": f"Bearer {old}"}
+            wait_for(
+                lambda: httpx.get(second.url("carol"), headers=bearer, timeout=30).is_success,
+                what="the second replica to accept the token",
+            )
+            with admin_client(f"http://127.0.0.1:{second.admin}") as admin:
+                new = admin.post("/api/sessions/carol/token").json()["token"]
+            wait_for(
+                lambda: (
+                    httpx.get(first.url("carol"), headers=bearer, timeout=30).status_code == 401
+                ),
+                what="the first replica to refuse the old token",
+            )
+            fresh = httpx.get(first.url("carol"), headers={"Authorization": f"Bearer {new}"})
+            assert fresh.status_code == 200
+        finally:
+            for replica in cluster.all:
+                replica.proc.send_signal(signal.SIGTERM)
+            for replica in cluster.all:
+                try:
+                    replica.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    replica.proc.kill()
