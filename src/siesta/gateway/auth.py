@@ -26,6 +26,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -326,7 +327,20 @@ class OidcGate(Gate):
         if self.client.ready:
             self._redirect(conn, req)
         else:
-            req.hold = asyncio.ensure_future(self._discover_then_redirect(conn, req))
+            self._hold(conn, req, self._discover_then_redirect(conn, req))
+
+    def _hold(self, conn: ClientConnection, req: Request, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as the request's hold task; an unexpected error is an answer too."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:
+                req.hold = None
+                log.exception("an OIDC step failed")
+                conn.respond(req, 503, "the login failed", detail=repr(exc))
+
+        req.hold = asyncio.ensure_future(guarded())
 
     async def _discover_then_redirect(self, conn: ClientConnection, req: Request) -> None:
         try:
@@ -355,9 +369,9 @@ class OidcGate(Gate):
         """/.siesta/oidc/callback and /.siesta/oidc/logout."""
         path, _, query = req.target.partition(b"?")
         if path == CALLBACK and req.method in (b"GET", b"POST"):
-            req.hold = asyncio.ensure_future(self._callback(conn, req, query))
+            self._hold(conn, req, self._callback(conn, req, query))
         elif path == LOGOUT:
-            req.hold = asyncio.ensure_future(self._logout(conn, req))
+            self._hold(conn, req, self._logout(conn, req))
         else:
             conn.respond(req, 404, "no such path")
 
