@@ -35,7 +35,8 @@ lint: $(STAMP)
 test: lint
 	bash scripts/system-packages.sh chromium:chromium chromedriver:chromium-driver \
 		redis-server:redis-server dockerd:docker.io busybox:busybox-static ip:iproute2 \
-		openssl:openssl
+		openssl:openssl node:nodejs npm:npm
+	cd tests/oidc && npm ci --no-audit --no-fund  # the OIDC tests' provider (node-oidc-provider)
 	$(BIN)/python scripts/compile.py
 	$(BIN)/pytest -q $(PARALLEL)
 	SIESTA_PURE=1 $(BIN)/pytest -q $(PARALLEL) $(GATEWAY_TESTS)

@@ -26,6 +26,8 @@ PROTECTED = [
     ("POST", "/api/sessions/alice/sleep"),
     ("GET", "/api/sessions/alice/explain"),
     ("GET", "/api/sessions/alice/logs"),
+    ("GET", "/api/sessions/alice/token"),
+    ("POST", "/api/sessions/alice/token"),
     ("GET", "/api/signals"),
     ("GET", "/api/events"),
     ("GET", "/api/events/stream"),

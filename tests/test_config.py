@@ -295,7 +295,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
     assert caught.value.problems == [
         "siesta.yaml:1: must be a mapping with the keys: "
-        "gateway, store, templates, sessions, policies, keda, savings, instance"
+        "gateway, store, templates, sessions, policies, keda, savings, admin, instance"
     ]
 
 

@@ -97,6 +97,11 @@ class AdminClient:
         path = f"/api/sessions/{_quote(session_id)}/sleep"
         return dict(self.request("POST", path, timeout=timeout))
 
+    def session_token(self, session_id: str, *, rotate: bool = False) -> str:
+        """The session's access token (a new one with `rotate`)."""
+        path = f"/api/sessions/{_quote(session_id)}/token"
+        return str(self.request("POST" if rotate else "GET", path)["token"])
+
     def explain(self, session_id: str) -> dict[str, Any]:
         """A session's policy read against its signals now."""
         return dict(self.request("GET", f"/api/sessions/{_quote(session_id)}/explain"))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -18,13 +19,18 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from siesta.api import AdminServer
+from siesta.auth.forward import ForwardAuth
+from siesta.auth.oidc import OidcClient
+from siesta.auth.setup import cookie_key, oidc_settings
+from siesta.auth.tokens import TokenBook
 from siesta.config import Config
 from siesta.controller import Controller
 from siesta.core.model import Session
-from siesta.gateway.server import Gateway
+from siesta.gateway.auth import ForwardGate, OidcGate, TokenGate
+from siesta.gateway.server import AuthGate, Gateway
 from siesta.health import Health
 from siesta.keda.scaler import ExternalScaler, ScalerServer
 from siesta.lifecycle import STORE_READ_TIMEOUT, Lifecycle
@@ -98,6 +104,12 @@ class Siesta:
         )
         if self.replicas is not None:
             self.lifecycle.share(self.replicas)
+        # gateway.auth mode token: each session's access token, kept through the recorder
+        self.tokens = TokenBook(
+            self.lifecycle.recorder, self.replicas.announce if self.replicas else None
+        )
+        if self.replicas is not None:
+            self.replicas.on_message = _both(self.replicas.on_message, self.tokens.on_message)
         ignore = {
             name: f
             for name, t in config.templates.items()
@@ -105,6 +117,9 @@ class Siesta:
         }
         self.gateway = Gateway(config.gateway, self.lifecycle, ignore=ignore)
         self.gateway.failure_log = self._failure_log
+        self.gateway.auth = self._auth_gate()
+        if self.gateway.auth is not None:
+            self.gateway.memo_heads = bool(getattr(self.gateway.auth, "memo_safe", False))
         self.scaler = (
             ScalerServer(
                 ExternalScaler(
@@ -117,19 +132,10 @@ class Siesta:
             else None
         )
         self.scaler_address: tuple[str, int] | None = None
-        self.admin = (
-            AdminServer(
-                config,
-                self.lifecycle,
-                self.store,
-                held=lambda: self.gateway.activator.held,
-                controller=lambda: self.controller,
-                logs=self.provider.logs,
-                ledger=self.ledger,
-            )
-            if admin and config.gateway.admin_listen is not None
-            else None
-        )
+        try:
+            self.admin = self._admin_server(config, admin)
+        except ValueError as exc:  # a secret or key of admin.auth cannot be read
+            raise StartupError(str(exc)) from None
         self.admin_address: tuple[str, int] | None = None
         self.controller: Controller | None = None
         self.sampler: Sampler | None = None
@@ -139,6 +145,20 @@ class Siesta:
         self.address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushed: dict[str, float] = {}  # last activity written, by awake session
+
+    def _admin_server(self, config: Config, admin: bool) -> AdminServer | None:
+        if not admin or config.gateway.admin_listen is None:
+            return None
+        return AdminServer(
+            config,
+            self.lifecycle,
+            self.store,
+            held=lambda: self.gateway.activator.held,
+            controller=lambda: self.controller,
+            logs=self.provider.logs,
+            ledger=self.ledger,
+            tokens=self.tokens,
+        )
 
     def _provider(self) -> Provider:
         """The local provider alone, or each kind the templates name behind a router."""
@@ -174,9 +194,46 @@ class Siesta:
         template = self.config.templates.get(session.template)
         if template is None or not template.failure_log_lines:
             return None
-        if getattr(template, "auth", None) or getattr(self.config.gateway, "auth", None):
+        if self.config.gateway.auth.mode != "none":
             return None  # behind auth: its log may hold what its users must not read
         return await self.provider.logs(session.id, template.failure_log_lines)
+
+    def _auth_gate(self) -> AuthGate | None:
+        """The gate of `gateway.auth` (None for mode none: the hot path stays as it is)."""
+        auth = self.config.gateway.auth
+        if auth.mode == "token":
+            return TokenGate(self.gateway, self.tokens)
+        if auth.mode == "forward_auth":
+            conf = auth.forward_auth
+            assert conf is not None
+            copied = frozenset(h.lower().encode() for h in conf.copy_headers)
+            self.gateway.dropped_headers = self.gateway.dropped_headers | copied
+            forward = ForwardAuth(
+                conf.url,
+                copy_headers=conf.copy_headers,
+                timeout=conf.timeout,
+                cache_ttl=conf.cache_ttl,
+                dropped=self.gateway.dropped_headers,
+            )
+            return ForwardGate(self.gateway, forward, auth.allow_rule)
+        if auth.mode == "oidc":
+            oidc = auth.oidc
+            assert oidc is not None
+            try:
+                settings = oidc_settings(oidc, "gateway.auth.oidc")
+                key = cookie_key(oidc, "gateway.auth.oidc", self.config.state_dir)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            return OidcGate(
+                self.gateway,
+                OidcClient(settings),
+                key,
+                auth.allow_rule,
+                redirect_uri=oidc.redirect_uri,
+                cookie_domain=oidc.cookie_domain,
+                login_ttl=oidc.login_ttl,
+            )
+        return None
 
     def _base_url(self, session: str) -> str:
         gateway = self.config.gateway
@@ -188,6 +245,7 @@ class Siesta:
         """Restore sessions (re-adopting running backends), start timers, listen."""
         await self._load_ledger()
         await self.lifecycle.start(self.config.sessions)
+        await self._load_tokens()
         if self.docker is not None:  # before the gateway: orphans go, exits are followed
             await self.docker.begin()
         listed_before = configured_before(self.config.state_dir)
@@ -209,7 +267,7 @@ class Siesta:
         )
         controller = self.controller
         sampler = self.sampler
-        self._tasks = [
+        self._tasks += [
             self._guarded(self._flush_activity, "activity flush"),
             self._guarded(sampler.run, "resource sampler"),
         ]
@@ -233,8 +291,25 @@ class Siesta:
             self.admin_address = await _bound("gateway.admin_listen", address, admin)
         listen = self.gateway.listen(gateway.host, gateway.port)
         self.address = await _bound("gateway.listen", gateway.listen, listen)
+        if gateway.auth.mode == "none" and not _loopback(gateway.host):
+            log.warning(
+                "the gateway listens on %s with gateway.auth mode none: anyone who reaches"
+                " it can use and wake every session (see gateway.auth)",
+                gateway.listen,
+            )
         _tune_gc()
         return self.address
+
+    async def _load_tokens(self) -> None:
+        """The sessions' access tokens, read before the gateway listens; a store that cannot
+        be read is read again in the background (until then stored tokens are refused)."""
+        try:
+            await self.tokens.load(self.store)
+        except Exception as exc:
+            log.error("the session tokens could not be read from the store: %s", exc)
+            self._tasks.append(
+                self._guarded(lambda: self.tokens.keep_loading(self.store), "token loading")
+            )
 
     async def _lead(self, replicas: Replicas, controller: Controller) -> None:
         """Run the controller while this replica holds the controller lease."""
@@ -267,6 +342,7 @@ class Siesta:
         """What a lost store is written again from: sessions, and the ledger's accounts."""
         batch = self.lifecycle.snapshot()
         batch.accounts.update(self.ledger.accounts)
+        batch.tokens.update(self.tokens.snapshot())
         return batch
 
     async def stop(self) -> None:
@@ -375,6 +451,28 @@ class Siesta:
                 delay = min(RESTART_MAX, delay * 2)
 
         return asyncio.create_task(forever(), name=name)
+
+
+def _both(
+    first: Callable[[dict[str, Any]], None], second: Callable[[dict[str, Any]], None]
+) -> Callable[[dict[str, Any]], None]:
+    """A replicas' message handler calling `first`, then `second`."""
+
+    def handle(message: dict[str, Any]) -> None:
+        first(message)
+        second(message)
+
+    return handle
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is a loopback address only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tune_gc() -> None:

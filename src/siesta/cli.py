@@ -398,6 +398,23 @@ def sessions_delete(session: SessionArg, config: ConfigOption = Path("siesta.yam
     console.print(f"deleted {session}")
 
 
+@sessions_app.command("token")
+def sessions_token(
+    session: SessionArg,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Make a new token; the old one stops working.")
+    ] = False,
+    config: ConfigOption = Path("siesta.yaml"),
+) -> None:
+    """Print a session's access token (gateway.auth mode token), made if it has none."""
+    client, _ = _client(config)
+    try:
+        token = client.session_token(session, rotate=rotate)
+    except AdminError as exc:
+        _fail(exc)
+    print(token)
+
+
 @app.command()
 def wake(session: SessionArg, config: ConfigOption = Path("siesta.yaml")) -> None:
     """Wake a session and wait until it is awake, showing its state meanwhile."""

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from siesta.core import activity
+from siesta.core.allow import AllowRule, compile_allow
 from siesta.core.container import parse_memory, parse_volume, reserved_labels
 from siesta.core.duration import DurationLiteralError, cel_durations, parse_duration
 from siesta.core.ignore import JUPYTER_IGNORE, ActivityFilter
@@ -195,14 +196,240 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# -- gateway.auth and admin.auth: who may reach a session (README "Who may reach a session")
+
+
+class ForwardAuthConf(_Model):
+    """Ask an auth server about every request, as Traefik's forwardAuth and nginx's
+    auth_request do: a 2xx lets it through, anything else is the client's answer."""
+
+    url: str = Field(
+        pattern=_URL_PATTERN,
+        description="The auth server's URL, asked with GET, the request's headers and "
+        "X-Forwarded-Method, -Proto, -Host, -Uri and -For, e.g. "
+        "http://127.0.0.1:4181/auth. Required.",
+    )
+    copy_headers: list[Annotated[str, StringConstraints(pattern=_HEADER_PATTERN)]] = Field(
+        default_factory=list,
+        description="Headers of a 2xx answer passed on to the backend, e.g. "
+        "[X-Forwarded-User, X-Auth-Request-Email]; the same headers sent by the client are "
+        "always dropped. Empty by default.",
+    )
+    timeout: PositiveDuration = _duration(
+        "3s",
+        "Seconds the auth server has to answer; later, or unreachable, the request gets "
+        "503 with Retry-After (never let through). 3s: an auth check answers in "
+        "milliseconds; a stuck one must not hold requests for long.",
+    )
+    cache_ttl: Duration = _duration(
+        "5s",
+        "Seconds a 2xx answer is reused for the same credentials (Cookie and Authorization "
+        "headers) and host; 0 asks on every request. Refusals are never cached. 5s: a page "
+        "load's burst of requests costs one check, and a revoked login stops within 5s.",
+    )
+
+
+class OidcConf(_Model):
+    """Log in with an OpenID Connect provider: authorization code with PKCE, then a
+    signed cookie holding the claims."""
+
+    issuer: str = Field(
+        pattern=_URL_PATTERN,
+        description="The provider's issuer URL; its /.well-known/openid-configuration is "
+        "read on the first login, e.g. https://accounts.example.com. Required.",
+    )
+    client_id: str = Field(min_length=1, description="The client id siesta is registered with.")
+    client_secret_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable holding the client secret. Unset by "
+        "default: a public client (PKCE alone), or client_secret_file.",
+    )
+    client_secret_file: Path | None = Field(
+        default=None,
+        description="A file holding the client secret; relative to the config's folder.",
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "email", "profile"],
+        description="Scopes asked for; openid is added if missing. [openid, email, profile] "
+        "by default: enough for rules on claims.email.",
+    )
+    redirect_uri: str | None = Field(
+        default=None,
+        pattern=_URL_PATTERN,
+        description="The callback URL registered with the provider, ending in "
+        "/.siesta/oidc/callback (or /ui/oidc/callback for admin.auth). Unset by default: "
+        "made from each request's host (so every host must be registered); set it, with "
+        "cookie_domain, for host routing.",
+    )
+    cookie_domain: str | None = Field(
+        default=None,
+        pattern=_DOMAIN_PATTERN,
+        description="Domain of the login cookie, e.g. example.com so one login serves "
+        "every <session>.example.com. Unset by default: the host that was asked.",
+    )
+    cookie_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable holding the key that signs the login cookie "
+        "(replicas must share it). Unset by default: cookie_key_file, else a key made at "
+        "first start in the state folder (oidc-cookie-key, mode 0600).",
+    )
+    cookie_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the cookie key; relative to the config's folder.",
+    )
+    login_ttl: PositiveDuration = _duration(
+        "8h",
+        "Seconds a login lasts before the provider is asked again. 8h: a working day.",
+    )
+    userinfo: bool = Field(
+        default=True,
+        description="Add the provider's userinfo claims to the ID token's (many providers "
+        "put only sub in the ID token). On by default.",
+    )
+    timeout: PositiveDuration = _duration(
+        "10s",
+        "Seconds each call to the provider may take (discovery, keys, token, userinfo); "
+        "later, the login answers 503 with Retry-After. 10s: generous for a remote provider.",
+    )
+
+    @field_validator("client_secret_file", "cookie_key_file")
+    @classmethod
+    def _resolve_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolved(value, info)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        for kind in ("client_secret", "cookie_key"):
+            if getattr(self, f"{kind}_env") and getattr(self, f"{kind}_file"):
+                raise ValueError(f"set either {kind}_env or {kind}_file, not both")
+        return self
+
+
+AUTH_VARIABLES = {"forward_auth": ("headers", "session"), "oidc": ("claims", "session")}
+"""What the gateway's `allow` rule may read, by mode."""
+
+
+class AuthConf(_Model):
+    """Who may reach a session: none, a per-session token, an auth server, or an OIDC
+    login (with an `allow` rule over the identity and the session)."""
+
+    mode: Literal["none", "token", "forward_auth", "oidc"] = Field(
+        default="none",
+        description="none: anyone who reaches the gateway reaches every session (siesta "
+        "warns at start when it listens beyond loopback); token: each session's own secret "
+        "(siesta sessions token ID), as a bearer token, a cookie, or once ?siesta_token=; "
+        "forward_auth: an auth server decides (forward_auth section); oidc: a login with an "
+        "OpenID Connect provider (oidc section). none by default, explicitly.",
+    )
+    forward_auth: ForwardAuthConf | None = Field(
+        default=None, description="With mode forward_auth: {url, copy_headers, timeout, cache_ttl}."
+    )
+    oidc: OidcConf | None = Field(
+        default=None,
+        description="With mode oidc: {issuer, client_id, client_secret_env, redirect_uri, ...}.",
+    )
+    allow: str | None = Field(
+        default=None,
+        description="With forward_auth or oidc: a CEL rule deciding which sessions an "
+        "identity may reach, over claims (oidc) or headers (forward_auth: the auth answer's "
+        "headers, lower-case names) and session (session.id, session.labels), e.g. "
+        "claims.email == session.labels.owner. Unset by default: every identity reaches "
+        "every session.",
+    )
+    _allow: AllowRule | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        if self.mode in ("forward_auth", "oidc") and getattr(self, self.mode) is None:
+            problems.append(((self.mode,), f"is required by mode {self.mode}"))
+        for key in ("forward_auth", "oidc"):
+            if getattr(self, key) is not None and self.mode != key:
+                problems.append(((key,), f"only for mode {key}"))
+        if self.allow is not None:
+            variables = AUTH_VARIABLES.get(self.mode)
+            if variables is None:
+                problems.append((("allow",), "only for mode forward_auth or oidc"))
+            else:
+                try:
+                    self._allow = compile_allow("allow", self.allow, variables)
+                except PolicyError as exc:
+                    problems.append((("allow",), str(exc)))
+        if problems:
+            raise _NestedProblems(problems)
+        return self
+
+    @property
+    def allow_rule(self) -> AllowRule | None:
+        """The compiled `allow` rule, if any."""
+        return self._allow
+
+
+class AdminAuthConf(_Model):
+    """How people log in to the admin API's dashboard, besides the admin token."""
+
+    mode: Literal["token", "oidc"] = Field(
+        default="token",
+        description="token: the admin token only (the CLI's way, and the dashboard's login "
+        "form); oidc: also a login with an OpenID Connect provider, for people whose claims "
+        "`allow` admits. token by default.",
+    )
+    oidc: OidcConf | None = Field(
+        default=None,
+        description="The provider, as gateway.auth.oidc (its redirect_uri ends in "
+        "/ui/oidc/callback). Unset by default: gateway.auth.oidc's.",
+    )
+    allow: str | None = Field(
+        default=None,
+        description="With oidc, required: a CEL rule over claims saying who is an "
+        'administrator, e.g. "admins" in claims.groups.',
+    )
+    _allow: AllowRule | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        problems: list[tuple[Loc, str]] = []
+        if self.mode == "token":
+            problems += [((key,), "only for mode oidc") for key in ("oidc", "allow")
+                         if getattr(self, key) is not None]  # fmt: skip
+        elif self.allow is None:
+            problems.append((("allow",), "is required by mode oidc: who is an administrator?"))
+        else:
+            try:
+                self._allow = compile_allow("allow", self.allow, ("claims",))
+            except PolicyError as exc:
+                problems.append((("allow",), str(exc)))
+        if problems:
+            raise _NestedProblems(problems)
+        return self
+
+    @property
+    def allow_rule(self) -> AllowRule | None:
+        """The compiled `allow` rule (mode oidc)."""
+        return self._allow
+
+
+class AdminConf(_Model):
+    """The admin API (it listens on gateway.admin_listen)."""
+
+    auth: AdminAuthConf = Field(
+        default=AdminAuthConf(),
+        description="{mode: token} or {mode: oidc, oidc: {...}, allow: ...}. The admin token "
+        "always works (the CLI uses it).",
+    )
+
+
 class GatewayConf(_Model):
     """How the gateway listens, finds a request's session and holds requests while it wakes."""
 
     listen: str = Field(
         default="127.0.0.1:8080",
         description="Address the gateway listens on, as host:port (IPv6 as [::1]:8080). "
-        "Loopback by default: siesta has no authentication of its own, so exposing it "
-        "to the network should be a deliberate choice.",
+        "Loopback by default: with auth mode none anyone who reaches it reaches every "
+        "session, so exposing it to the network should be a deliberate choice (siesta "
+        "warns when it listens beyond loopback without auth).",
     )
     routing: RoutingMode = Field(
         default="path",
@@ -351,6 +578,11 @@ class GatewayConf(_Model):
         "pace; then 408 and the connection is closed. 0 or off: none. off by default: a "
         "large upload on a slow link takes as long as it takes; body_timeout already "
         "sheds a client that stops sending. Set it above wake_timeout.",
+    )
+    auth: AuthConf = Field(
+        default=AuthConf(),
+        description="Who may reach a session: {mode: none | token | forward_auth | oidc, "
+        "...}. mode none by default: put siesta behind something that checks, or pick a mode.",
     )
 
     @field_validator("trusted_proxies")
@@ -1166,6 +1398,11 @@ class Config(_Model):
         description="Prices, energy coefficients and grid intensity for what sleeping "
         "saved (siesta report, siesta advise, /api/savings). Every default is cited.",
     )
+    admin: AdminConf = Field(
+        default=AdminConf(),
+        description="The admin API: {auth: {mode: token | oidc, oidc, allow}}. The token "
+        "alone by default.",
+    )
     instance: Name | None = Field(
         default=None,
         description="Name of this siesta deployment. It marks what siesta starts (container "
@@ -1198,10 +1435,18 @@ class Config(_Model):
                 for name, template in self.templates.items()
                 if template.provider == "keda"
             ]
+        if self.admin.auth.mode == "oidc" and self.admin_oidc is None:
+            unknown.append((("admin", "auth", "oidc"), _NO_ADMIN_OIDC))
         if unknown:
             raise _NestedProblems(unknown)
         self._path = (info.context or {}).get("path")
         return self
+
+    @property
+    def admin_oidc(self) -> OidcConf | None:
+        """The provider of the admin dashboard's OIDC login: admin.auth.oidc, else
+        gateway.auth.oidc."""
+        return self.admin.auth.oidc or self.gateway.auth.oidc
 
     def _link_policies(self) -> list[tuple[Loc, str]]:
         """Give every template its compiled policy; the problems of templates' `policy`."""
@@ -1282,6 +1527,8 @@ class Config(_Model):
         digest = hashlib.sha256(self.store.identity.encode()).hexdigest()[:12]
         return f"siesta-{digest}"
 
+
+_NO_ADMIN_OIDC = "is required by mode oidc (or set gateway.auth.oidc, which it then uses)"
 
 _NO_KEDA = (
     "provider keda needs a keda: section (the External Scaler KEDA asks, e.g. "

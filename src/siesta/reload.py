@@ -25,7 +25,7 @@ log = logging.getLogger("siesta.reload")
 CONFIGURED_FILE = "configured-sessions.json"
 """In the state folder: the ids of the sessions the config file listed at the last start."""
 
-RESTART_KEYS = ("gateway", "store", "keda", "instance", "savings")
+RESTART_KEYS = ("gateway", "store", "keda", "instance", "savings", "admin")
 """Top-level sections a reload cannot apply to a running siesta."""
 
 

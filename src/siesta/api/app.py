@@ -21,6 +21,7 @@ from siesta.api import events, logs, policy, savings, sessions, signals, system,
 from siesta.api.auth import BearerAuth, is_open
 from siesta.api.deps import Services
 from siesta.api.errors import HANDLERS, responses
+from siesta.api.oidc import AdminOidc
 
 ROUTERS: list[APIRouter] = [
     system.router,
@@ -44,8 +45,9 @@ DOCS_ASSETS = "/docs/assets"
 """Where Swagger UI's own files are served from (shipped with fastapi-offline: no CDN)."""
 
 
-def build_app(services: Services, token: str) -> FastAPI:
-    """The ASGI app over `services`, with `token` required on every route that is not open."""
+def build_app(services: Services, token: str, oidc: AdminOidc | None = None) -> FastAPI:
+    """The ASGI app over `services`, with `token` required on every route that is not open
+    (or, for the dashboard, an `oidc` login)."""
     app: FastAPI = FastAPIOffline(
         docs_url="/docs",
         redoc_url=None,
@@ -53,7 +55,10 @@ def build_app(services: Services, token: str) -> FastAPI:
         title=TITLE,
         version=__version__,
         description=DESCRIPTION,
-        middleware=[Middleware(ui.BrowserLogin, token=token), Middleware(BearerAuth, token=token)],
+        middleware=[
+            Middleware(ui.BrowserLogin, token=token, oidc=oidc),
+            Middleware(BearerAuth, token=token),
+        ],
         exception_handlers=HANDLERS,
     )
     for router in ROUTERS:

@@ -16,6 +16,7 @@ from fastapi import Depends, Path, Request
 
 from siesta.api.errors import ApiProblem
 from siesta.api.models import SessionInfo
+from siesta.auth.tokens import TokenBook
 from siesta.config import Config
 from siesta.core.model import Session, State
 from siesta.lifecycle import Lifecycle
@@ -50,6 +51,8 @@ class Services:
     """The savings ledger (`siesta.savings.keeper`), read by /api/savings and the dashboard."""
     config: Config | None = None
     """The config siesta runs with (the savings section, the templates' resources)."""
+    tokens: TokenBook | None = None
+    """Each session's access token (`gateway.auth` mode token); None in tests of the API alone."""
 
     def next_due(self, session_id: str) -> float | None:
         """The controller's next policy check of a session (monotonic), if it knows one."""

@@ -67,6 +67,15 @@ NEW_SESSION_RULES = {
 """The message for a bad value of each `NewSession` field."""
 
 
+class SessionToken(BaseModel):
+    """A session's access token (gateway.auth mode token)."""
+
+    token: str = Field(
+        description="Send it as Authorization: Bearer <token>, or once as ?siesta_token=<token>"
+        " (exchanged for a cookie)."
+    )
+
+
 class Deleted(BaseModel):
     """The answer to a DELETE."""
 

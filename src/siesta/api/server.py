@@ -16,6 +16,10 @@ from siesta.api.app import build_app
 from siesta.api.auth import load_token
 from siesta.api.deps import Services, no_logs
 from siesta.api.events import EventHub
+from siesta.api.oidc import AdminOidc
+from siesta.auth.oidc import OidcClient
+from siesta.auth.setup import cookie_key, oidc_settings
+from siesta.auth.tokens import TokenBook
 from siesta.config import Config
 from siesta.lifecycle import Lifecycle
 from siesta.metrics import SiestaMetrics
@@ -46,6 +50,7 @@ class AdminServer:
         controller: Callable[[], object | None],
         logs: Callable[[str, int], Awaitable[str]] | None = None,
         ledger: LedgerKeeper | None = None,
+        tokens: TokenBook | None = None,
     ):
         self.config = config
         self.metrics = SiestaMetrics(lifecycle, held, controller)
@@ -60,8 +65,10 @@ class AdminServer:
             check_new=config.session_problem,
             ledger=ledger,
             config=config,
+            tokens=tokens,
         )
         self.token = ""
+        self.oidc = _admin_oidc(config)
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -74,7 +81,7 @@ class AdminServer:
         self.token, created = load_token(self.config.state_dir, os.environ)
         server = _Server(
             uvicorn.Config(
-                build_app(self.services, self.token),
+                build_app(self.services, self.token, self.oidc),
                 lifespan="off",
                 log_level="warning",
                 log_config=None,
@@ -99,6 +106,25 @@ class AdminServer:
         self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self.oidc is not None:
+            await self.oidc.close()
+
+
+def _admin_oidc(config: Config) -> AdminOidc | None:
+    """The dashboard's OIDC login of `admin.auth` mode oidc (None for mode token).
+    `ValueError` names a setting that cannot be read (a secret, the cookie key)."""
+    auth, conf = config.admin.auth, config.admin_oidc
+    if auth.mode != "oidc" or conf is None or auth.allow_rule is None:
+        return None
+    key = "admin.auth.oidc" if auth.oidc is not None else "gateway.auth.oidc"
+    return AdminOidc(
+        OidcClient(oidc_settings(conf, key)),
+        cookie_key(conf, key, config.state_dir),
+        auth.allow_rule,
+        # the gateway's callback is not the dashboard's: only admin.auth.oidc's is used
+        redirect_uri=auth.oidc.redirect_uri if auth.oidc is not None else None,
+        login_ttl=conf.login_ttl,
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

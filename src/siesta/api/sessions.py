@@ -1,4 +1,5 @@
-"""`/api/sessions`: list, create, show, delete, wake and put to sleep.
+"""`/api/sessions`: list, create, show, delete, wake and put to sleep; read and rotate
+a session's access token.
 
 Every change goes through the lifecycle, so it is recorded as an event with
 "... through the admin API" as its reason.
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from siesta.api.deps import PathSession, Svc
 from siesta.api.errors import ApiProblem, responses
-from siesta.api.models import Deleted, NewSession, SessionInfo
+from siesta.api.models import Deleted, NewSession, SessionInfo, SessionToken
 from siesta.core.model import State
 from siesta.lifecycle import SessionExists, UnknownTemplate, WakeError
 
@@ -44,6 +45,8 @@ async def create_session(new: NewSession, svc: Svc) -> SessionInfo:
         raise ApiProblem(409, str(exc)) from None
     except UnknownTemplate as exc:
         raise ApiProblem(422, str(exc)) from None
+    if svc.tokens is not None:
+        svc.tokens.issue(session.id)  # a session's token is made with it
     return svc.session_info(session)
 
 
@@ -63,6 +66,8 @@ async def delete_session(session: PathSession, svc: Svc) -> Deleted:
     except KeyError:
         raise ApiProblem(404, f"no session {session.id!r}") from None
     svc.metrics.retire(session)
+    if svc.tokens is not None:
+        svc.tokens.forget(session.id)
     return Deleted(deleted=session.id)
 
 
@@ -98,3 +103,27 @@ async def sleep(session: PathSession, svc: Svc) -> JSONResponse:
         await svc.lifecycle.sleep(session.id, "put to sleep through the admin API")
     status = 202 if session.state is State.STOPPING else 200
     return JSONResponse(svc.session_info(session).model_dump(mode="json"), status_code=status)
+
+
+@router.get(
+    "/{id}/token",
+    summary="The session's access token (made now if it has none)",
+    responses=responses(e404="no such session", e503="tokens are not kept here"),
+)
+async def get_token(session: PathSession, svc: Svc) -> SessionToken:
+    """The token clients present to reach the session when gateway.auth is mode token."""
+    if svc.tokens is None:
+        raise ApiProblem(503, "session tokens are not kept by this server")
+    return SessionToken(token=svc.tokens.token(session.id))
+
+
+@router.post(
+    "/{id}/token",
+    summary="Rotate the session's access token: the old one stops working now",
+    responses=responses(e404="no such session", e503="tokens are not kept here"),
+)
+async def rotate_token(session: PathSession, svc: Svc) -> SessionToken:
+    """A new token; the old one, and the cookies made from it, are refused from now on."""
+    if svc.tokens is None:
+        raise ApiProblem(503, "session tokens are not kept by this server")
+    return SessionToken(token=svc.tokens.issue(session.id))

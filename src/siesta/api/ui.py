@@ -3,10 +3,11 @@ explanation and the savings charts, behind the admin auth.
 
 - `BrowserLogin` (middleware, outside `BearerAuth`) gives browsers a login: `/ui/login`
   takes the admin token in a form and sets an HttpOnly, SameSite=Strict cookie holding
-  an HMAC of it (never the token); with that cookie, a request gets the bearer token
-  added, so the dashboard calls the same API as the CLI. A request that changes
-  something with the cookie must carry `X-Siesta-UI: 1`, a header a cross-site form
-  cannot send. /ui/ pages without a login are redirected to it.
+  an HMAC of it (never the token); with `admin.auth` mode oidc, `/ui/oidc/login` is a
+  login with the provider instead (`siesta.api.oidc`). With either cookie, a request
+  gets the bearer token added, so the dashboard calls the same API as the CLI. A
+  request that changes something with the cookie must carry `X-Siesta-UI: 1`, a
+  header a cross-site form cannot send. /ui/ pages without a login are redirected to it.
 - `router`: the page, its script and style (shipped in `siesta/savings/static`, no
   CDN, no build step) and the charts (`siesta.savings.charts`, SVG). Not in /openapi.json.
 """
@@ -22,7 +23,7 @@ from functools import partial
 from html import escape
 from http.cookies import SimpleCookie
 from importlib import resources
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query
@@ -37,6 +38,9 @@ from siesta.api.events import read_events
 from siesta.savings import charts
 from siesta.savings import report as reporting
 from siesta.savings.costing import model_of
+
+if TYPE_CHECKING:
+    from siesta.api.oidc import AdminOidc
 
 COOKIE = "siesta_admin"
 UI_HEADER = b"x-siesta-ui"
@@ -61,10 +65,11 @@ def cookie_value(token: str) -> str:
 class BrowserLogin:
     """ASGI middleware: the dashboard's login, and its cookie standing for the token."""
 
-    def __init__(self, app: ASGIApp, token: str):
+    def __init__(self, app: ASGIApp, token: str, oidc: AdminOidc | None = None):
         self.app = app
         self.token = token
         self.expected = cookie_value(token).encode()
+        self.oidc = oidc
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,8 +80,14 @@ class BrowserLogin:
             response = await self._login(scope, receive)
             await response(scope, receive, send)
             return
+        if self.oidc is not None and path.startswith("/ui/oidc/"):
+            response = await self.oidc.handle(scope, Request(scope, receive))
+            await response(scope, receive, send)
+            return
         headers = dict(scope["headers"])
         logged_in = hmac.compare_digest(_cookie(headers, COOKIE).encode(), self.expected)
+        if not logged_in and self.oidc is not None:
+            logged_in = self.oidc.logged_in(headers)
         ui_page = path == "/ui" or path.startswith("/ui/")
         if logged_in and b"authorization" not in headers:
             if scope["method"] not in SAFE_METHODS and headers.get(UI_HEADER) != b"1":
@@ -100,9 +111,10 @@ class BrowserLogin:
                 return JSONResponse({"error": "log out with POST"}, status_code=405)
             done = RedirectResponse("/ui/login", status_code=303)
             done.delete_cookie(COOKIE, path="/")
+            done.delete_cookie("siesta_admin_oidc", path="/")
             return done
         if request.method == "GET":
-            return HTMLResponse(login_page())
+            return HTMLResponse(login_page(sso=self.oidc is not None))
         if request.method != "POST":
             return JSONResponse({"error": "GET or POST /ui/login"}, status_code=405)
         origin = request.headers.get("origin")
@@ -159,9 +171,12 @@ LOGIN_STYLE = (
 )
 
 
-def login_page(problem: str | None = None) -> str:
-    """The login form (self-contained: no other file is reachable before login)."""
+def login_page(problem: str | None = None, *, sso: bool = False) -> str:
+    """The login form (self-contained: no other file is reachable before login); with
+    `sso`, a link to the OIDC login above it."""
     alert = f'<p role="alert">{escape(problem)}</p>' if problem else ""
+    single = '<p><a id="sso" href="/ui/oidc/login">Log in with single sign-on</a></p>'
+    alert = (single if sso else "") + alert
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

@@ -353,21 +353,36 @@ class ClientConnection(asyncio.Protocol):
                 self.respond(req, *req.problem)
                 return
             route = gw.router.route(req.target, req.host, req.route_value)
+        auth = gw.auth
+        if auth is not None:  # gateway.auth decides first: before a wake, before a 404
+            auth.admit(self, req, route)
+            return
         if route.session is None:
-            if route.redirect is not None:
-                self.respond(req, 308, "moved", headers=((b"Location", route.redirect),))
-            else:
-                self.respond(req, 404, route.error or "no session")
+            self.unrouted(req, route)
             return
         session = gw.lifecycle.get(route.session)
         if session is None:
             self.respond(req, 404, f"unknown session {route.session!r}")
             return
+        self.routed(req, route, session)
+
+    def unrouted(self, req: Request, route: Route) -> None:
+        """Answer a request whose route names no session: a redirect, or 404."""
+        if route.redirect is not None:
+            self.respond(req, 308, "moved", headers=((b"Location", route.redirect),))
+        else:
+            self.respond(req, 404, route.error or "no session")
+
+    def routed(self, req: Request, route: Route, session: Session) -> None:
+        """Forward `req` to `session` (holding it while the session wakes); the auth gate
+        calls this once it admitted the request."""
+        gw = self.gw
         if req.head is None and not req.upgrade and not req.chunked:
             target = req.target
             req.target = route.target
             req.head = self._request_head(req)
-            self._memo = (target, req.headers, req.method, req.version, route, req.head)
+            if gw.memo_heads:  # off when auth adds per-identity headers
+                self._memo = (target, req.headers, req.method, req.version, route, req.head)
         req.target = route.target
         req.session = session
         self._bind(session)

@@ -17,11 +17,11 @@ from typing import Protocol
 from siesta.core.ignore import ActivityFilter
 from siesta.core.limits import Rate
 from siesta.core.model import Session, State
-from siesta.core.routing import Router, RoutingMode
+from siesta.core.routing import Route, Router, RoutingMode
 from siesta.lifecycle import Lifecycle
 
 from .activator import Activator
-from .client import ClientConnection
+from .client import ClientConnection, Request
 from .http import FORWARDED
 from .upstream import UpstreamPool
 
@@ -69,6 +69,18 @@ class GatewaySettings(Protocol):
     def request_timeout(self) -> float: ...
 
 
+class AuthGate(Protocol):
+    """`gateway.auth`: decides each request before anything else (`siesta.gateway.auth`)."""
+
+    def admit(self, conn: ClientConnection, req: Request, route: Route) -> None:
+        """Answer `req` (refused, or a redirect), or hand it on with `conn.routed`."""
+        ...
+
+    async def close(self) -> None:
+        """Release what it holds (clients of auth servers)."""
+        ...
+
+
 class Gateway:
     """The HTTP/1.1 data plane in front of the session backends."""
 
@@ -105,6 +117,8 @@ class Gateway:
         # Request headers never passed on as the client sent them: X-Forwarded-* (rebuilt,
         # or extended for a trusted proxy), and the identity headers auth sets.
         self.dropped_headers = FORWARDED
+        self.auth: AuthGate | None = None  # gateway.auth; None for mode none
+        self.memo_heads = True  # connections reuse the head built for a repeated request
         self.now = time.monotonic
         self.pool = UpstreamPool()
         self.activator = Activator(self)
@@ -158,6 +172,8 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.pool.close()
+        if self.auth is not None:
+            await self.auth.close()
         for server in self._servers:
             await server.wait_closed()
 

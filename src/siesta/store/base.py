@@ -87,6 +87,7 @@ class Batch:
     events: list[Transition] = field(default_factory=list)
     last_seen: dict[str, float] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)  # ledger accounts, latest
+    tokens: dict[str, str] = field(default_factory=dict)  # session -> access token, latest
 
     def __len__(self) -> int:
         return (
@@ -96,6 +97,7 @@ class Batch:
             + len(self.events)
             + len(self.last_seen)
             + len(self.accounts)
+            + len(self.tokens)
         )
 
     def delete(self, session_id: str) -> None:
@@ -103,6 +105,7 @@ class Batch:
         self.registered.pop(session_id, None)
         self.records.pop(session_id, None)
         self.last_seen.pop(session_id, None)
+        self.tokens.pop(session_id, None)
         self.deleted.add(session_id)
 
     def then(self, later: Batch) -> Batch:
@@ -115,6 +118,7 @@ class Batch:
         for sid, at in later.last_seen.items():
             self.last_seen[sid] = max(at, self.last_seen.get(sid, at))
         self.accounts.update(later.accounts)
+        self.tokens.update(later.tokens)
         return self
 
 
@@ -172,4 +176,11 @@ class Store(Protocol):
 
     async def accounts(self) -> list[Account]:
         """Every stored ledger account (deleted sessions' too), by session id."""
+        ...
+
+    # -- access tokens of sessions (gateway.auth mode token, siesta.auth.tokens): written
+    # through the write-behind queue (`Batch.tokens`), read whole at start-up --
+
+    async def tokens(self) -> dict[str, str]:
+        """Every stored session access token, by session id."""
         ...

@@ -13,6 +13,7 @@ Keys, all under `siesta:<instance>:` (several deployments may share one Redis):
 - `events`: a stream of transitions (session, old, new, reason, wake, at), trimmed by
   `prune` to the retention.
 - `ledger`: a hash of each session's savings account (`siesta.ledger`), as JSON.
+- `tokens`: a hash of each session's access token (`gateway.auth` mode token).
 - `epoch`: a random marker. If it disappears, Redis lost siesta's data (restarted
   without persistence, or flushed): `check` says so and the replicas write again
   what they hold.
@@ -140,6 +141,7 @@ class RedisStore:
         self._events = self.prefix + "events"
         self._epoch_key = self.prefix + "epoch"
         self._ledger = self.prefix + "ledger"
+        self._tokens = self.prefix + "tokens"
         self._epoch: str | None = None
         self._register = client.register_script(_REGISTER)
         self._save = client.register_script(_SAVE)
@@ -174,6 +176,7 @@ class RedisStore:
             for sid in batch.deleted:
                 pipe.delete(self.key(sid))
                 pipe.srem(self._sessions, sid)
+                pipe.hdel(self._tokens, sid)
             for sid, reg in batch.registered.items():
                 args = [reg.template, json.dumps(reg.labels), repr(reg.created), sid]
                 await self._register(keys=[self.key(sid), self._sessions], args=args, client=pipe)
@@ -187,7 +190,12 @@ class RedisStore:
             if batch.accounts:
                 accounts = {a.session: json.dumps(to_record(a)) for a in batch.accounts.values()}
                 pipe.hset(self._ledger, mapping=accounts)
+            if batch.tokens:
+                pipe.hset(self._tokens, mapping=dict(batch.tokens))
             await pipe.execute()
+
+    async def tokens(self) -> dict[str, str]:
+        return dict(await self.client.hgetall(self._tokens))
 
     async def accounts(self) -> list[Account]:
         found = []

@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_session ON events (session, at);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+CREATE TABLE IF NOT EXISTS tokens (
+    session TEXT PRIMARY KEY,
+    token   TEXT NOT NULL  -- the session's access token (gateway.auth mode token)
+);
 CREATE TABLE IF NOT EXISTS ledger (
     session TEXT PRIMARY KEY,
     data    TEXT NOT NULL  -- siesta.ledger.to_record as JSON
@@ -160,8 +164,9 @@ class SqliteStore:
         )
 
     def delete(self, session_id: str) -> None:
-        """Forget a session (its events stay)."""
+        """Forget a session and its access token (its events stay)."""
         self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self._db.execute("DELETE FROM tokens WHERE session = ?", (session_id,))
 
     def write(self, batch: Batch) -> None:
         """Apply `batch` in one transaction (see `Batch` for the order)."""
@@ -176,6 +181,11 @@ class SqliteStore:
             self._touch(batch.last_seen)
             for account in batch.accounts.values():
                 self.save_account(account)
+            self._db.executemany(
+                "INSERT INTO tokens (session, token) VALUES (?, ?)"
+                " ON CONFLICT (session) DO UPDATE SET token = excluded.token",
+                list(batch.tokens.items()),
+            )
 
     def prune(self, before: float) -> int:
         """Delete up to `PRUNE_BATCH` events older than `before`; return how many."""
@@ -242,6 +252,10 @@ class SqliteStore:
             except ValueError as exc:  # one damaged row must not hide the others
                 log.warning("ledger account of %s is unreadable, skipped: %s", session, exc)
         return found
+
+    def tokens(self) -> dict[str, str]:
+        """Every stored session access token, by session id."""
+        return dict(self._db.execute("SELECT session, token FROM tokens"))
 
     def save_account(self, account: Account) -> None:
         self._db.execute(
@@ -345,6 +359,9 @@ class ThreadedSqlite:
 
     async def accounts(self) -> list[Account]:
         return await self._reader.run(SqliteStore.accounts)
+
+    async def tokens(self) -> dict[str, str]:
+        return await self._reader.run(SqliteStore.tokens)
 
     async def prune(self, before: float) -> int:
         return await self._writer.run(lambda db: db.prune(before))

@@ -105,6 +105,11 @@ class Recorder:
         self._pending.accounts[account.session] = account
         self._kick()
 
+    def save_token(self, session_id: str, token: str) -> None:
+        """Queue a session's access token (`siesta.auth.tokens`: new, or rotated)."""
+        self._pending.tokens[session_id] = token
+        self._kick()
+
     def _add_event(self, event: Transition) -> None:
         events = self._pending.events
         events.append(event)
