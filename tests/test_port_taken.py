@@ -53,7 +53,7 @@ def test_a_port_taken_before_the_backend_binds_it_is_retried_on_another(
     run = siesta(templates={"web": backend_template(command=command)})
     try:
         answer = httpx.get(run.url("alice"), timeout=60)
-        assert answer.status_code == 200, answer.text
+        assert answer.status_code == 200, f"{answer.text}\n{run.output()}"
         assert answer.headers["x-siesta-wake"] == "cold"
         assert holder.exists()  # the first start did meet a taken port
         assert "was taken before it could bind it" in run.output()
