@@ -352,6 +352,13 @@ class ClientConnection(asyncio.Protocol):
             req.quiet = ignore.ignores(req.method, _app_path(route.target, session), _agent(req))
         if session.state is State.AWAKE and session.endpoint is not None:
             self.forward(req, session.endpoint)
+        elif req.quiet and session.state in QUIET_REFUSED:
+            # traffic that is not activity (activity.ignore) never wakes a session: else
+            # an open, untouched tab's polls would wake what its silence put to sleep
+            why = (
+                f"session {session.id!r} is asleep; this request (activity.ignore) does not wake it"
+            )
+            self.respond(req, 503, why, headers=QUIET_RETRY)
         else:
             gw.activator.hold(self, req, session)
 
@@ -746,7 +753,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = up
         up.tunnel = True
         ignore = self.ignore
-        if ignore is not None and req.session is not None:  # a filtered session's websocket
+        if ignore is not None and req.session is not None and not req.quiet:
+            # a filtered session's websocket; an ignored one (its upgrade request matched
+            # activity.ignore, e.g. Jupyter's event stream) counts none of its frames
             if ignore.websocket_control:
                 self.frames = FrameScanner()
                 up.watch_frames(FrameScanner(), req.session.activity)
@@ -759,6 +768,12 @@ class ClientConnection(asyncio.Protocol):
             up.send(req.early)
             req.early = b""
         self._resume(TUNNEL_WAIT)
+
+
+QUIET_REFUSED = frozenset((State.ASLEEP, State.STOPPING, State.FAILED))
+"""States in which an ignored request is answered 503 rather than held for a wake."""
+QUIET_RETRY = ((b"Retry-After", b"10"),)
+"""Retry-After for an ignored request to a sleeping session: polls come back slowly."""
 
 
 def _app_path(target: bytes, session: Session) -> bytes:
