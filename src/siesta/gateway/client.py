@@ -463,6 +463,8 @@ class ClientConnection(asyncio.Protocol):
         req = self.current
         if req is None:
             return
+        if status == 502 and self._recheck_bad_gateway(req):
+            return
         out = self._out
         out.append(
             b"HTTP/1.1" + status_line[8:] + CRLF + lines
@@ -489,6 +491,22 @@ class ClientConnection(asyncio.Protocol):
         if status == 101:
             self.flush()
             self._start_tunnel(req)
+
+    def _recheck_bad_gateway(self, req: Request) -> bool:
+        """A remote backend's address answered 502 (after a wake, a pod terminating
+        behind it): drop that answer and hold `req` while readiness is checked again,
+        then send it again (served, or 503). Only for a request sent whole and without a
+        body (it can be sent twice), once per request; False passes the 502 on."""
+        if req.has_body or not req.body_done or req.upgrade or req.rechecked:
+            return False
+        up = req.upstream
+        if not self.gw.activator.recheck(self, req):  # a local backend's 502 is its own
+            return False
+        req.upstream = None
+        if up is not None:
+            up.abandon()  # the rest of its 502 is dropped, the connection never reused
+        self._finish_count(req)
+        return True
 
     def response_body(self, data: bytes) -> None:
         req = self.current
