@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from siesta.core.ignore import JUPYTER_IGNORE, ActivityFilter
@@ -98,6 +99,37 @@ def test_ignored_polls_and_pings_let_a_session_sleep(siesta: Launcher) -> None:
     wait_for(lambda: run.state("alice") is State.ASLEEP, what="alice to sleep")
     stopping = next(e for e in reversed(run.events("alice")) if e.new is State.STOPPING)
     assert "idle_for" in stopping.reason
+
+
+def test_ignored_traffic_never_wakes_and_an_ignored_websocket_is_quiet(siesta: Launcher) -> None:
+    """An ignored request to a sleeping session is answered 503 with Retry-After and
+    leaves it asleep; a websocket whose upgrade request is ignored carries messages both
+    ways without counting, so the session sleeps while they flow."""
+    template = backend_template(
+        idle_timeout="1500ms",
+        activity={"ignore": {"requests": ["GET /headers", "GET /ws"]}},
+    )
+    run = siesta(templates={"web": template})
+    with httpx.Client(timeout=30) as http:
+        answer = http.get(run.url("alice", "/headers"))
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "10"
+        assert "does not wake" in answer.text
+        assert run.state("alice") is State.ASLEEP
+        assert http.get(run.url("alice", "/")).status_code == 200  # counted: wakes it
+        woke = time.monotonic()
+        ws_url = run.url("alice", "/ws").replace("http", "ws", 1)
+        with connect(ws_url, open_timeout=20, ping_interval=None) as ws:
+            while run.state("alice") is State.AWAKE:
+                try:
+                    ws.send("a message")  # data frames, but on an ignored websocket
+                    assert ws.recv(timeout=10) == "echo: a message"
+                except ConnectionClosed:  # the sleep closed it between check and send
+                    break
+                assert time.monotonic() - woke < 20, "the ignored websocket kept alice awake"
+                time.sleep(0.2)
+    wait_for(lambda: run.state("alice") is State.ASLEEP, what="alice to sleep")
+    assert [e.new for e in run.events("alice")].count(State.WAKING) == 1
 
 
 @pytest.mark.parametrize("bad", ["GET api/x", ""])

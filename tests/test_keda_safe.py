@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +266,54 @@ async def test_a_refused_connection_after_a_wake_is_held_not_502(
         assert "Retry-After" in answer.headers
     finally:
         await app.stop()
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    """Stands in for what sits at a Service's address (an ingress, a mesh sidecar): 502
+    while no pod is behind it, 200 from the pod once there is one."""
+
+    bad = True
+
+    def do_GET(self) -> None:
+        status, body = (502, b"no healthy upstream") if self.bad else (200, b"the next pod")
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_502_after_a_wake_is_held_not_passed_on(tmp_path: Path) -> None:
+    """The address answers 502 after the wake (the pod behind it terminating): the request
+    is held while readiness is checked again and served once a pod answers; when none
+    does within wake_timeout, the answer is 503 with Retry-After, never the 502."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Gateway.bad = False
+    app = Siesta(_config(tmp_path, f"http://127.0.0.1:{server.server_port}"), admin=False)
+    await app.start()
+    try:
+        await app.lifecycle.wake("alice", "test")
+        _Gateway.bad = True
+        asyncio.get_running_loop().call_later(0.5, setattr, _Gateway, "bad", False)
+        async with httpx.AsyncClient(base_url=_base(app), timeout=30) as http:
+            answer = await http.get("/s/alice/")
+            assert answer.status_code == 200, answer.text
+            assert answer.text == "the next pod"
+            _Gateway.bad = True  # and no pod comes back in time
+            began = time.monotonic()
+            answer = await http.get("/s/alice/")
+            assert answer.status_code == 503, answer.text
+            assert "Retry-After" in answer.headers
+            assert time.monotonic() - began <= WAKE_TIMEOUT + 1.0
+        assert app.lifecycle.sessions["alice"].state is State.AWAKE
+    finally:
+        await app.stop()
+        server.shutdown()
+        server.server_close()
 
 
 async def test_a_connections_rule_turns_inactive_within_a_second(

@@ -81,6 +81,31 @@ def test_a_busy_child_keeps_its_session_awake_and_explain_changes_nothing(
     assert stopping.reason.startswith(f"sleep_when: {RULE}")
 
 
+def test_what_a_backend_burned_while_awake_shows_in_the_savings(
+    siesta: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler feeds the ledger: a real backend whose child burns a core, put to sleep
+    by a plain idle rule (which reads no resource, so only the wake's and the sleep's
+    samples are taken), shows the CPU seconds it used in /api/savings once asleep."""
+    run, base = launch_admin(
+        siesta,
+        monkeypatch,
+        templates={"burning": _template(True)},
+        sessions={"hot": {"template": "burning"}},
+        policies={"busy": {"sleep_when": 'idle_for > duration("2s")', "check_every": "1s"}},
+    )
+    with client(base) as api:
+        assert api.post("/api/sessions/hot/wake").status_code == 200
+        wait_for(lambda: run.state("hot") is State.ASLEEP, timeout=30, what="hot to sleep")
+
+        def burned() -> float:
+            report = api.get("/api/savings").json()
+            return float(next(s for s in report["sessions"] if s["id"] == "hot")["cpu_seconds"])
+
+        wait_for(lambda: burned() > 0.2, timeout=10, what="the burned CPU in the ledger")
+        assert api.get("/api/savings").json()["total"]["cpu_seconds"] >= burned()
+
+
 class StandInProvider:
     """Stands in for a provider: answers the usage the test sets (not a real backend)."""
 

@@ -6,6 +6,7 @@ per session (where this machine allows it: root with cgroup v1) and the process 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -96,6 +97,16 @@ async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     await local.close()
 
 
+def _threads_in_session_cgroups() -> list[str]:
+    """This process's threads that are in a session's cgroup (none should be)."""
+    found = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            if "/siesta-" in (task / "cgroup").read_text():
+                found.append(task.name)
+    return found
+
+
 async def test_a_stop_leaves_no_process_of_the_backend(provider: Any, tmp_path: Path) -> None:
     """setsid children, an orphan and a SIGTERM-deaf process are all gone when stop
     returns (SIGKILL after the 1s grace); usage counted the CPU of a child that had
@@ -104,6 +115,9 @@ async def test_a_stop_leaves_no_process_of_the_backend(provider: Any, tmp_path: 
     pids = await _pids(tmp_path / "pids.txt")
     tracked = provider.tracker.pids("alice", backend.pid)
     assert set(pids) <= set(tracked), (pids, tracked)
+    assert os.getpid() not in tracked  # the thread that spawned it went back home
+    if provider.tracker.kind == "cgroup":  # and no thread of this process stayed behind
+        assert _threads_in_session_cgroups() == []
     usage = await provider.usage("alice")
     assert usage is not None
     assert usage.memory_bytes > 1_000_000

@@ -261,6 +261,10 @@ class Siesta:
                 {name: p.needs_provider for name, p in policies.items()},
             ),
         )
+        # resources -> savings: each awake period's measured use goes into its account,
+        # and awake sessions' use so far shows live in /api/savings
+        self.sampler.on_sleep.append(self.ledger.on_usage)
+        self.ledger.measure_with(self.sampler)
         self.controller = Controller(self.lifecycle, policies, resources=self.sampler)
         self.prober = Prober(
             self.lifecycle, self.config.templates, self.controller, base_url=self._base_url

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from siesta.core.clock import Clock, SystemClock
 from siesta.core.lifecycle import after_failed_start, backoff_delay, check_transition
-from siesta.core.model import Endpoint, Session, State, Transition
+from siesta.core.model import Endpoint, Session, State, Transition, share_labels
 from siesta.health import Health
 from siesta.logconfig import fields
 from siesta.providers.base import Provider, RunningBackend
@@ -187,19 +187,36 @@ class Lifecycle:
         for sid, spec in configured.items():
             self.recorder.register(sid, spec.template, dict(spec.labels), now)
         stored = {r.id: r for r in await self._stored_sessions()}
-        for sid, spec in configured.items():
-            registered = SessionRecord(sid, spec.template, dict(spec.labels), created=now)
-            old = stored.get(sid, registered)
-            stored[sid] = replace(old, template=spec.template, labels=dict(spec.labels))
-        records = [r for r in stored.values() if self._known_template(r)]
-        candidates = [
-            RunningBackend(r.id, r.endpoint, r.pid, r.pid_started, r.template)
-            for r in records
-            if r.state in (State.WAKING, State.AWAKE, State.STOPPING) and r.endpoint
-        ]
+        candidates = []
+        for r in stored.values():  # backends that may still run: the provider looks
+            if r.state in (State.WAKING, State.AWAKE, State.STOPPING) and r.endpoint:
+                conf = configured.get(r.id)
+                template = r.template if conf is None else conf.template
+                if template in self._templates:
+                    candidates.append(
+                        RunningBackend(r.id, r.endpoint, r.pid, r.pid_started, template)
+                    )
         adopted = {b.session: b for b in await self._provider.adopt(candidates)}
-        for record in sorted(records, key=lambda r: r.id):
-            await self._restore(record, adopted.get(record.id))
+        # one session at a time, each record dropped once its session is made: at
+        # 100,000 sessions, holding every record (and copies of its labels) at once
+        # is what the process's memory would keep (the heap does not shrink back)
+        for sid in sorted({*stored, *configured}):
+            record = self._merged(sid, stored.pop(sid, None), configured.get(sid), now)
+            if self._known_template(record):
+                await self._restore(record, adopted.get(sid))
+
+    @staticmethod
+    def _merged(
+        sid: str, stored: SessionRecord | None, spec: SessionSpec | None, now: float
+    ) -> SessionRecord:
+        """The stored record, with the configured template and labels when configured."""
+        if spec is None:
+            assert stored is not None
+            return stored
+        labels = share_labels(spec.labels)  # one dict per distinct set, not per session
+        if stored is None:
+            return SessionRecord(sid, spec.template, labels, created=now)
+        return replace(stored, template=spec.template, labels=labels)
 
     async def _stored_sessions(self) -> list[SessionRecord]:
         try:
@@ -228,7 +245,8 @@ class Lifecycle:
         return False
 
     async def _restore(self, record: SessionRecord, adopted: RunningBackend | None) -> None:
-        session = Session(record.id, record.template, dict(record.labels), record.state)
+        # Session shares (copies at most once) the labels: no copy of its own needed here
+        session = Session(record.id, record.template, record.labels, record.state)
         session.created = record.created
         session.fence = record.fence
         self.sessions[record.id] = session

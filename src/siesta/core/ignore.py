@@ -3,7 +3,9 @@ checks, websocket pings. Used by the gateway for templates whose `activity.ignor
 the Jupyter preset's default list) says so.
 
 An ignored request is forwarded as any other, and counts in `inflight` while it runs,
-but it neither resets `idle_for` nor counts in `requests_1m` or `bytes_1m`. Patterns:
+but it neither resets `idle_for` nor counts in `requests_1m` or `bytes_1m`. An ignored
+websocket upgrade (`GET /api/events/subscribe`) makes the whole websocket quiet: none
+of its frames, in either direction, is activity. Patterns:
 
 - `requests`: `"[METHOD ]PATH"`, PATH relative to the session's base URL, `*` any run
   of characters (`/` included), `?` one character; the query string is not matched.
@@ -31,15 +33,20 @@ JUPYTER_IGNORE = (
     "GET /api/status",
     "/lab/api/workspaces",
     "/lab/api/workspaces/*",
+    "GET /api/events/subscribe",
 )
 """What an untouched JupyterLab 4 tab asks on its own, measured against JupyterLab 4.6
-in headless Chromium (tests/test_jupyterlab.py): every 10 s GET /api/contents (the file
-browser's listing), /api/sessions, /api/kernels, /api/terminals and the workspace
-(/lab/api/workspaces: the Running panel reads it, and the Lab saves its own layout
-there by itself); every minute or so /api/me and /api/kernelspecs; /api/status is
-what monitors ask. Its websocket pings and pongs are control frames. Saving a file
-(PUT /api/contents/...), running cells (kernel websocket messages) and opening,
-renaming or deleting files (other methods on /api/contents) still count."""
+in headless Chromium (tests/test_jupyterlab.py, Chromium's network log): every 10 s
+GET /api/contents (the file browser's listing), /api/sessions, /api/kernels,
+/api/terminals, GET /lab/api/workspaces (the Running panel) and PUT
+/lab/api/workspaces/default (the Lab saves its own layout, ~1.5 KB, by itself); every
+minute or so /api/me and /api/kernelspecs; /api/status is what monitors ask. The
+server answers each listing with jupyter_events frames (`contents_service` "get", 115
+and 107 bytes) on the /api/events/subscribe websocket: that websocket only reports
+what the server did, so none of it counts. Websocket pings and pongs are control
+frames. Saving a file (PUT /api/contents/...), running cells (kernel websocket
+messages) and opening, renaming or deleting files (other methods on /api/contents)
+still count."""
 
 
 def _glob(pattern: str) -> str:

@@ -391,6 +391,13 @@ class ClientConnection(asyncio.Protocol):
             req.quiet = ignore.ignores(req.method, _app_path(route.target, session), _agent(req))
         if session.state is State.AWAKE and session.endpoint is not None:
             self.forward(req, session.endpoint)
+        elif req.quiet and session.state in QUIET_REFUSED:
+            # traffic that is not activity (activity.ignore) never wakes a session: else
+            # an open, untouched tab's polls would wake what its silence put to sleep
+            why = (
+                f"session {session.id!r} is asleep; this request (activity.ignore) does not wake it"
+            )
+            self.respond(req, 503, why, headers=QUIET_RETRY)
         else:
             gw.activator.hold(self, req, session)
 
@@ -494,6 +501,8 @@ class ClientConnection(asyncio.Protocol):
         req = self.current
         if req is None:
             return
+        if status == 502 and self._recheck_bad_gateway(req):
+            return
         out = self._out
         out.append(
             b"HTTP/1.1" + status_line[8:] + CRLF + lines
@@ -520,6 +529,22 @@ class ClientConnection(asyncio.Protocol):
         if status == 101:
             self.flush()
             self._start_tunnel(req)
+
+    def _recheck_bad_gateway(self, req: Request) -> bool:
+        """A remote backend's address answered 502 (after a wake, a pod terminating
+        behind it): drop that answer and hold `req` while readiness is checked again,
+        then send it again (served, or 503). Only for a request sent whole and without a
+        body (it can be sent twice), once per request; False passes the 502 on."""
+        if req.has_body or not req.body_done or req.upgrade or req.rechecked:
+            return False
+        up = req.upstream
+        if not self.gw.activator.recheck(self, req):  # a local backend's 502 is its own
+            return False
+        req.upstream = None
+        if up is not None:
+            up.abandon()  # the rest of its 502 is dropped, the connection never reused
+        self._finish_count(req)
+        return True
 
     def response_body(self, data: bytes) -> None:
         req = self.current
@@ -835,7 +860,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = up
         up.tunnel = True
         ignore = self.ignore
-        if ignore is not None and req.session is not None:  # a filtered session's websocket
+        if ignore is not None and req.session is not None and not req.quiet:
+            # a filtered session's websocket; an ignored one (its upgrade request matched
+            # activity.ignore, e.g. Jupyter's event stream) counts none of its frames
             if ignore.websocket_control:
                 self.frames = FrameScanner()
                 up.watch_frames(FrameScanner(), req.session.activity)
@@ -848,6 +875,12 @@ class ClientConnection(asyncio.Protocol):
             up.send(req.early)
             req.early = b""
         self._resume(TUNNEL_WAIT)
+
+
+QUIET_REFUSED = frozenset((State.ASLEEP, State.STOPPING, State.FAILED))
+"""States in which an ignored request is answered 503 rather than held for a wake."""
+QUIET_RETRY = ((b"Retry-After", b"10"),)
+"""Retry-After for an ignored request to a sleeping session: polls come back slowly."""
 
 
 def _app_path(target: bytes, session: Session) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import shutil
@@ -124,7 +125,8 @@ class LocalProvider:
         if self._instance is not None:  # not secret: how find_backends knows its own
             env[INSTANCE_ENV] = self._instance
         # fork+exec of a large process takes tens of ms on a busy machine: off the loop
-        popen = await asyncio.to_thread(self._spawn, session, argv, env, tpl.cwd, run_as)
+        spawn = functools.partial(self._spawn, session, argv, env, tpl.cwd, run_as)
+        popen = await asyncio.to_thread(self.tracker.spawn_inside, session, spawn)
         proc = self._watch(session, popen.pid, popen)
         return RunningBackend(session, Endpoint(self._host, port), proc.pid, proc.started)
 
@@ -146,7 +148,7 @@ class LocalProvider:
                 log.flush()
             try:
                 return subprocess.Popen(
-                    self.tracker.wrap(session, argv, owner=owner),
+                    argv,  # born in the session's cgroup: see Tracker.spawn_inside
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
