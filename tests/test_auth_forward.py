@@ -223,6 +223,7 @@ def test_auth_server_down_is_503_never_a_pass(siesta: Launcher) -> None:
     assert "auth server" in answer.text
     assert "127.0.0.1" not in answer.text  # where it is goes to the log, not to clients
     assert proc.start_count() == 0
+    assert _dependency(proc)["mode"] == "degraded"
 
 
 def test_a_slow_auth_server_is_503_after_the_timeout(
@@ -233,9 +234,20 @@ def test_a_slow_auth_server_is_503_after_the_timeout(
     auth_server.delay = 5.0
     with httpx.Client(timeout=30) as http:
         answer = http.get(proc.url("alice"), headers={"Authorization": "Bearer alice-secret"})
-    assert answer.status_code == 503
-    assert answer.headers["retry-after"] == "5"
-    assert proc.start_count() == 0
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "5"
+        assert proc.start_count() == 0
+        assert _dependency(proc)["mode"] == "degraded"
+        auth_server.delay = 0.0
+        again = http.get(proc.url("alice"), headers={"Authorization": "Bearer alice-secret"})
+    assert again.status_code == 200
+    assert _dependency(proc)["mode"] == "ok"
+
+
+def _dependency(proc: SiestaProcess) -> dict[str, Any]:
+    """The auth server as /healthz shows it."""
+    health = httpx.get(f"http://127.0.0.1:{proc.admin_port}/healthz", timeout=10).json()
+    return dict(health["dependencies"]["auth_server"])
 
 
 def test_a_client_gone_during_the_check_is_handled(

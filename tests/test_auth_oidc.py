@@ -188,6 +188,8 @@ def test_a_provider_that_is_down_is_503(siesta: Launcher, gateway_port: int) -> 
     assert browser.headers["retry-after"] == "5"
     assert script.status_code == 401
     assert proc.start_count() == 0
+    health = httpx.get(f"http://127.0.0.1:{proc.admin_port}/healthz", timeout=10).json()
+    assert health["dependencies"]["oidc_provider"]["mode"] == "degraded"
 
 
 @pytest.mark.parametrize("routing", ["host", "header"])

@@ -214,6 +214,7 @@ class Siesta:
                 timeout=conf.timeout,
                 cache_ttl=conf.cache_ttl,
                 dropped=self.gateway.dropped_headers,
+                health=self.health,
             )
             return ForwardGate(self.gateway, forward, auth.allow_rule)
         if auth.mode == "oidc":
@@ -226,7 +227,7 @@ class Siesta:
                 raise StartupError(str(exc)) from None
             return OidcGate(
                 self.gateway,
-                OidcClient(settings),
+                OidcClient(settings, self.health),
                 key,
                 auth.allow_rule,
                 redirect_uri=oidc.redirect_uri,

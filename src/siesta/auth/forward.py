@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from siesta.health import Health
 from siesta.httpclient import async_client
 
 log = logging.getLogger("siesta.auth")
@@ -38,6 +39,10 @@ NOT_SENT = frozenset(
 )  # fmt: skip
 """Request headers not sent to the auth server (the auth request has no body, and its
 own host and connection)."""
+
+
+HEALTH_NAME = "auth_server"
+"""The dependency's name in /healthz and siesta_dependency_degraded."""
 
 
 class Unavailable(Exception):
@@ -82,6 +87,7 @@ class ForwardAuth:
         timeout: float,
         cache_ttl: float,
         dropped: frozenset[bytes] = frozenset(),
+        health: Health | None = None,
     ):
         self.url = url
         self.copy = tuple(h.lower() for h in copy_headers)
@@ -92,6 +98,9 @@ class ForwardAuth:
         self._cache: dict[tuple[bytes, bytes, bytes], tuple[float, Answer]] = {}
         self._asking: dict[tuple[bytes, bytes, bytes], asyncio.Future[Answer]] = {}
         self.calls = 0  # requests sent to the auth server (tests and metrics read it)
+        self.health = health  # "auth_server": degraded while it does not answer
+        if health is not None:
+            health.of(HEALTH_NAME)
 
     def cached(self, asked: Asked) -> Answer | None:
         """A fresh cached answer for `asked`'s credentials, if any (no I/O)."""
@@ -147,7 +156,12 @@ class ForwardAuth:
                                 body = body[:MAX_BODY]
                                 break
         except (TimeoutError, httpx.HTTPError, OSError) as exc:
-            raise Unavailable(f"{self.url}: {type(exc).__name__} {exc}".strip()) from None
+            detail = f"{self.url}: {type(exc).__name__} {exc}".strip()
+            if self.health is not None and self.health.degraded(HEALTH_NAME, detail):
+                log.error("the auth server does not answer (%s): requests get 503", detail)
+            raise Unavailable(detail) from None
+        if self.health is not None and self.health.ok(HEALTH_NAME):
+            log.warning("the auth server answers again")
         return self._answer(response, body)
 
     def _answer(self, response: httpx.Response, body: bytes) -> Answer:

@@ -28,6 +28,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from siesta.health import Health
 from siesta.httpclient import async_client
 
 log = logging.getLogger("siesta.auth")
@@ -41,6 +42,10 @@ DROPPED_CLAIMS = frozenset({"aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_h
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
               "ES512", "EdDSA")  # fmt: skip
 """Signature algorithms accepted on ID tokens (asymmetric: the provider's keys)."""
+
+
+HEALTH_NAME = "oidc_provider"
+"""The dependency's name in /healthz and siesta_dependency_degraded (the gateway's)."""
 
 
 class OidcError(Exception):
@@ -71,8 +76,11 @@ class Settings:
 class OidcClient:
     """One provider, one client registration."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, health: Health | None = None):
         self.settings = settings
+        self.health = health  # "oidc_provider": degraded while it does not answer
+        if health is not None:
+            health.of(HEALTH_NAME)
         scopes = list(settings.scopes)
         if "openid" not in scopes:
             scopes.insert(0, "openid")
@@ -237,14 +245,12 @@ class OidcClient:
                 response = await self._client().request(method, url, **kwargs)
         except (TimeoutError, httpx.HTTPError, OSError) as exc:
             waited = time.monotonic() - started
-            raise Unavailable(
-                "the login provider does not answer",
-                f"{what} {url}: {type(exc).__name__} {exc} after {waited:.1f}s",
-            ) from None
+            detail = f"{what} {url}: {type(exc).__name__} {exc} after {waited:.1f}s"
+            raise self._down(detail) from None
         if response.status_code >= 500:
-            raise Unavailable(
-                "the login provider does not answer", f"{what} {url}: {response.status_code}"
-            )
+            raise self._down(f"{what} {url}: {response.status_code}")
+        if self.health is not None and self.health.ok(HEALTH_NAME):
+            log.warning("the OIDC provider answers again")
         try:
             found = response.json()
         except ValueError:
@@ -253,6 +259,11 @@ class OidcClient:
             detail = f"{what} {url}: {response.status_code} {response.text[:200]}"
             raise OidcError("the login was refused by the provider", detail)
         return found
+
+    def _down(self, detail: str) -> Unavailable:
+        if self.health is not None and self.health.degraded(HEALTH_NAME, detail):
+            log.error("the OIDC provider does not answer (%s): logins get 503", detail)
+        return Unavailable("the login provider does not answer", detail)
 
     async def close(self) -> None:
         if self._http is not None:
