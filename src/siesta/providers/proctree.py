@@ -46,6 +46,7 @@ log = logging.getLogger("siesta.providers.local")
 T = TypeVar("T")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+JOIN_TRIES = 5  # attempts to join a session's cgroup that a concurrent cleanup removes
 CONTROLLERS = ("cpuacct", "memory", "freezer", "pids")
 """cgroup v1 controllers a session's cgroup is made in; cpuacct is required."""
 PR_SET_CHILD_SUBREAPER = 36
@@ -178,12 +179,7 @@ class CgroupTracker:
         moved: list[str] = []
         try:
             for controller in self._bases:
-                folder = self._dir(controller, session)
-                try:
-                    folder.mkdir(exist_ok=True)
-                    (folder / "tasks").write_text(tid)
-                except OSError as exc:
-                    raise StartError(f"cannot make its {controller} cgroup: {exc}") from exc
+                self._join(controller, session, tid)
                 moved.append(controller)
             return spawn()
         finally:
@@ -235,6 +231,25 @@ class CgroupTracker:
                     break
             time.sleep(0.001)
         return True
+
+    def _join(self, controller: str, session: str, tid: str) -> None:
+        """Move thread `tid` into the session's cgroup of `controller`, made if need be. The
+        previous backend's cleanup (`forget`) may remove the empty folder between the
+        mkdir and the write: then it is made again (once in, it cannot be removed)."""
+        folder = self._dir(controller, session)
+        for attempt in range(JOIN_TRIES):
+            try:
+                folder.mkdir(exist_ok=True)
+                (folder / "tasks").write_text(tid)
+                return
+            except FileNotFoundError:
+                if attempt + 1 < JOIN_TRIES:
+                    continue
+                raise StartError(
+                    f"cannot make its {controller} cgroup: {folder} keeps going"
+                ) from None
+            except OSError as exc:
+                raise StartError(f"cannot make its {controller} cgroup: {exc}") from exc
 
     def forget(self, session: str) -> None:
         for controller in self._bases:
