@@ -405,7 +405,10 @@ def _open_store(config: Config) -> Store:
             damaged = "not a database" in str(exc) or "malformed" in str(exc)
             problem = "not a SQLite database (or a damaged one)" if damaged else str(exc)
             raise StartupError(f"store {path}: {problem}") from exc
-    return open_store(config.store, config.instance_id)
+    try:
+        return open_store(config.store, config.instance_id)
+    except ValueError as exc:  # Redis: a bad URL argument, TLS file or password setting
+        raise StartupError(str(exc)) from None
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:

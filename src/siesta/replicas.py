@@ -183,6 +183,7 @@ class Replicas:
         self.leadership = asyncio.Event()  # set while this replica holds the controller lease
         self.demoted = asyncio.Event()  # set while it does not
         self.demoted.set()
+        self._faults: dict[str, str] = {}  # why each part of the coordination fails now
         client = store.client
         self._client = client
         self._channel = store.prefix + "moves"
@@ -294,8 +295,7 @@ class Replicas:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                if self.health.ok(REPLICAS):
-                    log.warning("Redis answers again: replicas are coordinated")
+                self._working("listen")
                 self.on_reconnect()
                 delay = 0.1
                 while True:
@@ -305,10 +305,7 @@ class Replicas:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.health.degraded(REPLICAS, f"{type(exc).__name__}: {exc}"):
-                    log.error(
-                        "lost Redis (%s): awake sessions keep serving; wakes wait for it", exc
-                    )
+                self._failing("listen", exc)
             finally:
                 await _quietly(pubsub.aclose())
             await asyncio.sleep(delay)
@@ -348,12 +345,30 @@ class Replicas:
                     keys=[self._controller], args=[self.name, self._ms(self.lease_ttl)]
                 )
                 self._set_leader(bool(lead))
+                if self._working("beat"):
+                    self.on_reconnect()  # the others' moves may have been missed meanwhile
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._set_leader(False)
-                self.health.degraded(REPLICAS, f"{type(exc).__name__}: {exc}")
+                self._failing("beat", exc)
             await asyncio.sleep(self.beat_every)
+
+    def _failing(self, part: str, exc: Exception) -> None:
+        """`part` ("listen": the messages, "beat": heartbeats and the controller lease)
+        cannot reach Redis: the coordination is degraded until every part works again."""
+        detail = f"{type(exc).__name__}: {exc}"
+        self._faults[part] = detail
+        if self.health.degraded(REPLICAS, detail):
+            log.error("lost Redis (%s): awake sessions keep serving; wakes wait for it", detail)
+
+    def _working(self, part: str) -> bool:
+        """`part` reached Redis; True when that ends a degraded time (every part works)."""
+        self._faults.pop(part, None)
+        if self._faults or not self.health.ok(REPLICAS):
+            return False
+        log.warning("Redis answers again: replicas are coordinated")
+        return True
 
     def _set_leader(self, lead: bool) -> None:
         if lead and not self.leader:
