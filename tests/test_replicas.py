@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ class Cluster:
                 "web": _tiny(),
                 "slow": _tiny(1.0),
                 "idle": _tiny(idle_timeout="1s"),
+                "ten": _tiny(idle_timeout="10s"),
             },
             "sessions": self.sessions,
         }
@@ -183,6 +185,7 @@ SESSIONS = {
     "solo": {"template": "slow"},
     "keda": {"template": "web"},
     "sleepy": {"template": "idle"},
+    "busy": {"template": "ten"},
     **{f"s{n:03d}": {"template": "web"} for n in range(STORM)},
 }
 
@@ -256,6 +259,30 @@ def test_sleeps_are_decided_once_for_all_replicas(cluster: Cluster) -> None:
     wait_for(lambda: not _running(first), 20, "the idle session's backend to stop")
     again = httpx.get(r1.url("sleepy"), timeout=30)
     assert (again.status_code, again.headers["x-siesta-wake"]) == (200, "cold")
+
+
+def test_activity_on_any_replica_keeps_a_session_awake(cluster: Cluster) -> None:
+    """A session (idle_timeout 10s) woken through the controller's replica and then used
+    only through another one, twice a second for 15s: the controller sees that traffic
+    (exchanged through Redis at most a second apart) and keeps it awake, every answer
+    warm from one backend; once the traffic stops, it is put to sleep."""
+    leader = next(r for r in cluster.replicas if _leads(r))
+    other = next(r for r in cluster.replicas if r is not leader)
+    assert httpx.get(leader.url("busy"), timeout=30).status_code == 200
+    backend = cluster.starts()[-1]
+    with httpx.Client(timeout=30) as client:
+        for _ in range(30):
+            answer = client.get(other.url("busy"))
+            assert (answer.status_code, answer.headers["x-siesta-wake"]) == (200, "warm")
+            assert answer.text.endswith(f"pid {backend}\n")
+            time.sleep(0.5)
+    wait_for(lambda: not _running(backend), 60, "the sleep once the traffic stopped")
+
+
+def _leads(replica: Replica) -> bool:
+    """Whether `replica` runs the controller now (the last word of its log on it)."""
+    said = [line for line in replica.output().splitlines() if "runs the controller" in line]
+    return bool(said) and "now runs the controller" in said[-1]
 
 
 def test_the_replicas_report_their_coordination(cluster: Cluster) -> None:

@@ -212,3 +212,19 @@ def _health(run: SiestaProcess) -> dict[str, Any]:
     answer = httpx.get(f"http://127.0.0.1:{run.admin_port}/healthz", timeout=10)
     result: dict[str, Any] = answer.json()
     return result
+
+
+def test_a_redis_replica_keeps_its_own_files_in_local_dir(tmp_path: Path) -> None:
+    """With Redis, a replica's own files (backend logs, the admin token) go to
+    `store.local_dir` when set (relative to the config's folder; for a read-only
+    ConfigMap), beside the config otherwise; with SQLite the setting is refused, naming
+    it (its files are beside the database)."""
+    from siesta.config import ConfigError, parse_config
+
+    base = "templates: {web: {command: [sh]}}\nstore: {location: 'redis://r:6379/0'%s}\n"
+    kept = parse_config(base % ", local_dir: run/siesta", base_dir=tmp_path)
+    assert (kept.state_dir, kept.log_dir) == (tmp_path / "run/siesta", tmp_path / "run/siesta/logs")
+    assert parse_config(base % "", base_dir=tmp_path).state_dir == tmp_path / ".siesta"
+    sqlite = "templates: {web: {command: [sh]}}\nstore: {location: s.db, local_dir: x}\n"
+    with pytest.raises(ConfigError, match="local_dir is for a Redis store"):
+        parse_config(sqlite, base_dir=tmp_path)
