@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -377,3 +378,20 @@ def _get_quietly(url: str) -> None:
     """A request whose siesta is killed under it: any outcome but a hang."""
     with contextlib.suppress(httpx.HTTPError):
         httpx.get(url, timeout=30)
+
+
+def test_siesta_starts_against_a_redis_that_never_answers(siesta: Launcher) -> None:
+    """The store's address accepts connections and never answers a byte (a socket that
+    listens and is never read: not a Redis at all). siesta still starts within a bounded
+    time and listens, says in /healthz that the store and the replicas are degraded,
+    answers a request for a sleeping session 503 + Retry-After, and stops cleanly."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(128)  # the kernel completes the connections; nobody reads them
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        run = siesta(sessions=TWO, extra={"store": url, "instance": INSTANCE})
+        _refused_at_once(httpx.get(run.url("alice"), timeout=60))
+        health = _health(run)
+        assert health["dependencies"]["store"]["mode"] == "degraded"
+        wait_for(lambda: _mode(run, "replicas") == "degraded", 30, "the replicas degraded")
+        assert run.stop(signal.SIGTERM, timeout=90) == 0
