@@ -67,12 +67,14 @@ dist: $(STAMP)
 
 bench: compiled
 	bash bench/setup.sh
-	bash scripts/system-packages.sh dockerd:docker.io busybox:busybox-static
+	bash scripts/system-packages.sh dockerd:docker.io busybox:busybox-static \
+		redis-server:redis-server
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/controller.py
 	$(BIN)/python bench/savings.py
 	$(BIN)/python bench/docker.py
 	$(BIN)/python bench/readiness.py
+	$(BIN)/python bench/replicas.py
 
 # The hot path compiled with mypyc into build/mypyc/; used while its sources are unchanged
 # (see src/siesta/_native.py). `make pure` goes back to Python; so does SIESTA_PURE=1.

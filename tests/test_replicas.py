@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import yaml
 
 from siesta.keda import externalscaler_pb2 as pb
 from siesta.keda import externalscaler_pb2_grpc as pb_grpc
+from siesta.providers.local import claim_port, lock_port
 
 from .conftest import accepts, backend_template, free_port, wait_for
 from .redis_server import RedisServer, running_redis
@@ -94,6 +96,7 @@ class Cluster:
                     "web": _tiny(),
                     "slow": _tiny(1.0),
                     "idle": _tiny(idle_timeout="1s"),
+                    "ten": _tiny(idle_timeout="10s"),
                 }.items()
             },
             "sessions": self.sessions,
@@ -186,6 +189,7 @@ SESSIONS = {
     "solo": {"template": "slow"},
     "keda": {"template": "web"},
     "sleepy": {"template": "idle"},
+    "busy": {"template": "ten"},
     **{f"s{n:03d}": {"template": "web"} for n in range(STORM)},
 }
 
@@ -259,6 +263,30 @@ def test_sleeps_are_decided_once_for_all_replicas(cluster: Cluster) -> None:
     wait_for(lambda: not _running(first), 20, "the idle session's backend to stop")
     again = httpx.get(r1.url("sleepy"), timeout=30)
     assert (again.status_code, again.headers["x-siesta-wake"]) == (200, "cold")
+
+
+def test_activity_on_any_replica_keeps_a_session_awake(cluster: Cluster) -> None:
+    """A session (idle_timeout 10s) woken through the controller's replica and then used
+    only through another one, twice a second for 15s: the controller sees that traffic
+    (exchanged through Redis at most a second apart) and keeps it awake, every answer
+    warm from one backend; once the traffic stops, it is put to sleep."""
+    leader = next(r for r in cluster.replicas if _leads(r))
+    other = next(r for r in cluster.replicas if r is not leader)
+    assert httpx.get(leader.url("busy"), timeout=30).status_code == 200
+    backend = cluster.starts()[-1]
+    with httpx.Client(timeout=30) as client:
+        for _ in range(30):
+            answer = client.get(other.url("busy"))
+            assert (answer.status_code, answer.headers["x-siesta-wake"]) == (200, "warm")
+            assert answer.text.endswith(f"pid {backend}\n")
+            time.sleep(0.5)
+    wait_for(lambda: not _running(backend), 60, "the sleep once the traffic stopped")
+
+
+def _leads(replica: Replica) -> bool:
+    """Whether `replica` runs the controller now (the last word of its log on it)."""
+    said = [line for line in replica.output().splitlines() if "runs the controller" in line]
+    return bool(said) and "now runs the controller" in said[-1]
 
 
 def test_the_replicas_report_their_coordination(cluster: Cluster) -> None:
@@ -347,3 +375,39 @@ def test_redis_killed_and_restarted_empty(tmp_path: Path) -> None:
         cluster.stop()
         wait_for(lambda: not _alive_backends(cluster), 20, "every backend to stop")
         assert all(r.proc.returncode == 0 for r in cluster.all)
+
+
+def test_a_port_handed_to_a_backend_is_claimed_machine_wide() -> None:
+    """Replicas on one machine pick their backends' ports independently: a port claimed by
+    one process (a real other process here) is not handed out by another until that one
+    dies (kill -9), and 300 claims held at once are 300 ports. (Before the claim, a storm
+    over three replicas gave two sessions one port: one backend could not bind, and the
+    other session's backend answered the first one's readiness probe.)"""
+    held = [claim_port("127.0.0.1") for _ in range(300)]
+    try:
+        assert len({c.port for c in held}) == 300
+        assert all(c.lock is not None for c in held)
+        assert lock_port("127.0.0.1", held[0].port) is None  # held here: taken
+    finally:
+        for claim in held:
+            claim.release()
+    port = free_port()
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from siesta.providers.local import lock_port; "
+            f"lock = lock_port('127.0.0.1', {port}); print(lock is not None, flush=True); "
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"True"
+        assert lock_port("127.0.0.1", port) is None
+    finally:
+        holder.kill()
+        holder.wait(10)
+    again = lock_port("127.0.0.1", port)
+    assert again is not None  # the kernel let go of it with its process
+    again.close()

@@ -2,15 +2,22 @@
 
 Each test runs on both: batches, the fence that keeps a newer record from being
 overwritten, event queries, pruning by retention, and a store whose data is lost
-(the SQLite file deleted, Redis restarted empty) being noticed and recreated.
+(the SQLite file deleted, Redis restarted empty) being noticed and recreated. Then
+how siesta connects to Redis: TLS (`rediss://`), the password from a file or from the
+environment, and what a wrong or missing one gives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from siesta.config import StoreConf
@@ -20,6 +27,7 @@ from siesta.store import open_store
 from siesta.store.base import Batch, Checked, Registration, SessionRecord, Store
 from siesta.store.writer import Recorder
 
+from .conftest import Launcher, SiestaProcess
 from .redis_server import RedisServer, running_redis
 
 
@@ -147,3 +155,76 @@ async def test_a_writer_without_retention_waits_instead_of_spinning(store: Store
     assert not idle.done()
     recorder.register("alice", "web", {}, 100.0)  # work ends the wait at once
     await asyncio.wait_for(idle, 10.0)
+
+
+# -- connecting to Redis: TLS, and the password from a file or the environment ---------
+
+
+def _redis_store(server: RedisServer, **conf: Any) -> dict[str, Any]:
+    return {"store": {"location": server.url, **conf}, "instance": "conn"}
+
+
+def _woken_through(run: SiestaProcess, server: RedisServer) -> None:
+    """A wake through siesta works, and Redis (read with the same password) holds it."""
+    answer = httpx.get(run.url("alice"), timeout=30)
+    assert (answer.status_code, answer.headers["x-siesta-wake"]) == (200, "cold")
+    run.settle()
+    assert server.client().hget("siesta:conn:s:alice", "state") == "AWAKE"
+
+
+def test_rediss_with_the_password_in_a_file(siesta: Launcher, tmp_path: Path) -> None:
+    """`rediss://` to a redis-server that speaks only TLS and asks for a client
+    certificate (CA and certificates in the URL's query, as redis-py reads them), with
+    the password in a file (a mounted Secret; its trailing newline ignored)."""
+    with running_redis(tmp_path / "redis", password="s3cret-file", tls=True) as server:
+        assert server.url.startswith("rediss://")
+        secret = tmp_path / "redis-password"
+        secret.write_text("s3cret-file\n")
+        run = siesta(extra=_redis_store(server, password_file=str(secret)))
+        _woken_through(run, server)
+        assert _health(run)["dependencies"]["store"]["mode"] == "ok"
+
+
+def test_the_password_from_the_environment(siesta: Launcher, tmp_path: Path) -> None:
+    """The password in an environment variable works; a wrong one is not fatal but says
+    why in /healthz (the store degraded: invalid password) and wakes are refused with
+    503 + Retry-After; an unset variable stops `siesta up` at once, naming the setting."""
+    with running_redis(tmp_path / "redis", password="s3cret-env") as server:
+        conf = _redis_store(server, password_env="REDIS_PASSWORD")
+        run = siesta(extra=conf, env={"REDIS_PASSWORD": "s3cret-env"})
+        _woken_through(run, server)
+        run.stop()
+        wrong = siesta(extra=conf, env={"REDIS_PASSWORD": "wrong"}, port=run.port)
+        refused = httpx.get(wrong.url("alice"), timeout=30)
+        assert (refused.status_code, int(refused.headers["retry-after"]) >= 1) == (503, True)
+        store = _health(wrong)["dependencies"]["store"]
+        assert (store["mode"], "password" in store["detail"].lower()) == ("degraded", True)
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    done = subprocess.run(
+        [sys.executable, "-m", "siesta", "up", "-c", str(run.config)],
+        capture_output=True, text=True, env=environ, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "store.password_env: $REDIS_PASSWORD is not set" in done.stderr
+
+
+def _health(run: SiestaProcess) -> dict[str, Any]:
+    answer = httpx.get(f"http://127.0.0.1:{run.admin_port}/healthz", timeout=10)
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def test_a_redis_replica_keeps_its_own_files_in_local_dir(tmp_path: Path) -> None:
+    """With Redis, a replica's own files (backend logs, the admin token) go to
+    `store.local_dir` when set (relative to the config's folder; for a read-only
+    ConfigMap), beside the config otherwise; with SQLite the setting is refused, naming
+    it (its files are beside the database)."""
+    from siesta.config import ConfigError, parse_config
+
+    base = "templates: {web: {command: [sh]}}\nstore: {location: 'redis://r:6379/0'%s}\n"
+    kept = parse_config(base % ", local_dir: run/siesta", base_dir=tmp_path)
+    assert (kept.state_dir, kept.log_dir) == (tmp_path / "run/siesta", tmp_path / "run/siesta/logs")
+    assert parse_config(base % "", base_dir=tmp_path).state_dir == tmp_path / ".siesta"
+    sqlite = "templates: {web: {command: [sh]}}\nstore: {location: s.db, local_dir: x}\n"
+    with pytest.raises(ConfigError, match="local_dir is for a Redis store"):
+        parse_config(sqlite, base_dir=tmp_path)

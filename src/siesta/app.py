@@ -320,7 +320,7 @@ class Siesta:
         """Run the controller while this replica holds the controller lease."""
         while True:
             await replicas.leadership.wait()
-            running = asyncio.create_task(controller.run(), name="controller checks")
+            running = asyncio.create_task(self._leading(replicas, controller), name="leading")
             demoted = asyncio.create_task(replicas.demoted.wait())
             try:
                 await asyncio.wait({running, demoted}, return_when=asyncio.FIRST_COMPLETED)
@@ -330,6 +330,24 @@ class Siesta:
                 await asyncio.gather(running, demoted, return_exceptions=True)
             if running.done() and not running.cancelled() and running.exception() is not None:
                 raise running.exception()  # type: ignore[misc]
+
+    async def _leading(self, replicas: Replicas, controller: Controller) -> None:
+        """The controller replica's work: the policy checks and, every lease ttl, the wakes
+        and sleeps a dead replica left half-way (`Lifecycle.settle_interrupted`)."""
+        checks = asyncio.create_task(controller.run(), name="controller checks")
+        try:
+            while not checks.done():
+                await asyncio.wait({checks}, timeout=replicas.lease_ttl)
+                if checks.done():
+                    break
+                try:
+                    await self.lifecycle.settle_interrupted()
+                except Exception as exc:  # Redis away: the next turn tries again
+                    log.debug("interrupted wakes not looked for: %s", exc)
+            checks.result()  # a failure of the checks is the task's failure
+        finally:
+            checks.cancel()
+            await asyncio.gather(checks, return_exceptions=True)
 
     async def _load_ledger(self) -> None:
         """The savings accounts, read before any event; a store that cannot be read
@@ -520,7 +538,10 @@ def _open_store(config: Config) -> Store:
             damaged = "not a database" in str(exc) or "malformed" in str(exc)
             problem = "not a SQLite database (or a damaged one)" if damaged else str(exc)
             raise StartupError(f"store {path}: {problem}") from exc
-    return open_store(config.store, config.instance_id)
+    try:
+        return open_store(config.store, config.instance_id)
+    except ValueError as exc:  # Redis: a bad URL argument, TLS file or password setting
+        raise StartupError(str(exc)) from None
 
 
 def _private_state_dir(config: Config) -> None:

@@ -1308,6 +1308,13 @@ class StoreConf(_Model):
         "is taken over after this. 10s by default: renewals every few seconds cost "
         "nothing, and a takeover is quicker than most backends start.",
     )
+    local_dir: Path | None = Field(
+        default=None,
+        description="Redis: the folder of this replica's own files (backend logs, the admin "
+        "token, the sessions configured at the last start); relative to the config's "
+        "folder. Unset by default: .siesta beside the config. Set it where the config's "
+        "folder is read-only (a Kubernetes ConfigMap). With SQLite they go beside the file.",
+    )
     _path: Path | None = PrivateAttr(None)
     _state_dir: Path = PrivateAttr(Path(".siesta"))
 
@@ -1319,13 +1326,15 @@ class StoreConf(_Model):
     @model_validator(mode="after")
     def _place(self, info: ValidationInfo) -> Self:
         if self.location.startswith(("redis://", "rediss://")):
-            self._state_dir = _resolved(Path(".siesta"), info)
+            self._state_dir = _resolved(self.local_dir or Path(".siesta"), info)
         elif "://" in self.location:
             scheme = self.location.split("://", 1)[0]
             raise ValueError(
                 f"unknown store scheme {scheme!r}: use a SQLite file path, redis:// or rediss://"
             )
         else:
+            if self.local_dir is not None:
+                raise ValueError("local_dir is for a Redis store: SQLite's is the file's folder")
             self._path = _resolved(Path(self.location), info)
             self._state_dir = self._path.parent
         if self.password_env and self.password_file:
@@ -1374,7 +1383,7 @@ class Config(_Model):
         validate_default=True,
         description="Where state and history are kept: a SQLite file path or a Redis URL "
         "(shorthand for {location: ...}), or {location, retention, password_env, "
-        "password_file, username, lease_ttl}.",
+        "password_file, username, lease_ttl, local_dir}.",
     )
     templates: dict[Name, TemplateConf] = Field(
         description="Backend recipes by name. Required: every session runs one of them."

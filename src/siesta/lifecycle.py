@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -166,6 +167,7 @@ class Lifecycle:
         self._shared: Replicas | None = None
         self._changed: dict[str, asyncio.Event] = {}  # waiters for another replica's move
         self._unreachable: dict[str, int] = {}  # fences of awake backends we cannot adopt
+        self._unsettled: set[str] = set()  # left half-way with no lease, at the last look
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         provider.set_exit_handler(self._backend_exited)
@@ -306,10 +308,12 @@ class Lifecycle:
             sleeps = [self.sleep(s.id, "siesta shut down") for s in awake]
             await asyncio.gather(*sleeps, return_exceptions=True)
         elif not await self._hand_over():
-            mine = [
+            mine = [  # awake, or left half-way by a replica's end (see `settle_interrupted`)
                 s
                 for s in self.sessions.values()
-                if s.state is State.AWAKE and self._provider.alive(s.id)
+                if s.state in (State.AWAKE, State.WAKING, State.STOPPING)
+                and self._provider.alive(s.id)
+                and not self._templates[s.template].remote
             ]
             await asyncio.gather(*(self._stop_at_shutdown(s) for s in mine))
         stops = list(self._stops.values())
@@ -1123,6 +1127,62 @@ class Lifecycle:
             if record.state is not session.state or record.fence > session.fence:
                 await self._mirror(session, record)
 
+    async def settle_interrupted(self) -> None:
+        """On the controller's replica, every lease ttl: the sessions a replica left WAKING
+        or STOPPING when it died, that no request took over (no lease at two looks in a
+        row), are put to sleep here (their backend stopped where this replica can adopt
+        it), so none stays half-way with a backend running for nobody. A request
+        meanwhile waits for it, then wakes."""
+        shared = self._shared
+        if shared is None:
+            return
+        found = set(await shared.unsettled())
+        # only those found twice in a row: a replica whose loop stalled past its lease
+        # renews it as soon as it runs again, and finishes its own wake
+        due, self._unsettled = found & self._unsettled, found
+        for sid in sorted(due):
+            session = self.sessions.get(sid)
+            if session is None or sid in self._wakes or sid in self._stops:
+                continue
+            task = asyncio.create_task(self._settle(session), name=f"settle {sid}")
+            self._stops[sid] = task
+            task.add_done_callback(functools.partial(self._settled, sid))
+
+    def _settled(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._stops.get(session_id) is task:
+            del self._stops[session_id]
+        if not task.cancelled() and task.exception() is not None:
+            self.health.task_failed("replicas")
+            log.error(
+                "%s: settling an interrupted wake failed", session_id, exc_info=task.exception()
+            )
+
+    async def _settle(self, session: Session) -> None:
+        shared = self._shared
+        assert shared is not None
+        reason = "a wake or sleep cut short by a replica's end, settled"
+        try:
+            claim = await self._try_claim(shared, session, reason)
+        except Exception as exc:
+            log.warning("%s: an interrupted wake is not settled now: %s", session.id, exc)
+            return
+        if claim.outcome != "granted":
+            return  # another replica took it over meanwhile
+        left = self._claimed(session, claim.fence, claim.prior, reason, claim)
+        if left is not None:
+            try:
+                found = await self._provider.adopt([left])
+            except Exception as exc:
+                log.warning("%s: adopting the backend left running failed: %s", session.id, exc)
+                found = []
+            if found:
+                self._set_backend(session, found[0])
+                await self._stop_backend(session, retry=True)
+        session.endpoint = session.pid = session.pid_started = None
+        session.awake_since = None
+        self._move(session, State.ASLEEP, reason)
+        await self._shared_move(session, State.WAKING, State.ASLEEP, reason, release=True)
+
     async def _hand_over(self) -> bool:
         """At shutdown: True if other replicas are alive, which keep the backends."""
         shared = self._shared
@@ -1146,7 +1206,7 @@ class Lifecycle:
         old, session.state = session.state, State.ASLEEP
         self._notify(session, old)
         reason = "siesta shut down"
-        if await self._shared_move(session, State.AWAKE, State.ASLEEP, reason):
+        if await self._shared_move(session, old, State.ASLEEP, reason):
             self._record(session, old, reason)
 
 

@@ -15,7 +15,9 @@ decided by Redis at once, each in one Lua script:
   forwards, KEDA's streams on that replica push a wake. A replica that was cut off
   reads every session again when it reconnects (`Lifecycle.resync`).
 - **One controller.** The replica that holds `controller` (renewed every ttl/3)
-  runs the policy checks; if it dies, another takes the lease within its ttl.
+  runs the policy checks; if it dies, another takes the lease within its ttl. It also
+  ends the wakes and sleeps a dead replica left half-way that no request took over
+  (`unsettled`: the sessions WAKING or STOPPING, kept by `claim` and `move`).
 - **Heartbeats.** Each replica's last beat is a score in `replicas` (Redis' own
   clock): a clean shutdown stops the backends only when no other replica is alive.
 - **Activity.** Each replica writes its open connections and requests in flight per
@@ -60,6 +62,7 @@ end
 fence = math.max(fence, tonumber(ARGV[7])) + 1
 redis.call('HSET', KEYS[1], 'fence', fence, 'state', 'WAKING', 'updated', ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[5])
+redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('SET', KEYS[2], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
 redis.call('PUBLISH', KEYS[3], cjson.encode({session=ARGV[5], old=state, new='WAKING',
   fence=tostring(fence), replica=ARGV[1], reason=ARGV[6]}))
@@ -77,6 +80,8 @@ if ARGV[11] ~= '' then
   end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'updated', ARGV[4])
+if ARGV[3] == 'WAKING' or ARGV[3] == 'STOPPING' then redis.call('SADD', KEYS[4], ARGV[12])
+else redis.call('SREM', KEYS[4], ARGV[12]) end
 if ARGV[5] == '' then
   redis.call('HDEL', KEYS[1], 'host', 'port', 'pid', 'pid_started')
 else
@@ -117,6 +122,19 @@ _ALIVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"""
+
+_UNSETTLED = """
+local out = {}
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local state = redis.call('HGET', ARGV[1] .. 's:' .. sid, 'state')
+  if state ~= 'WAKING' and state ~= 'STOPPING' then
+    redis.call('SREM', KEYS[1], sid)
+  elseif redis.call('EXISTS', ARGV[1] .. 'lease:' .. sid) == 0 then
+    table.insert(out, sid)
+  end
+end
+return out
 """
 
 _LAST_SEEN = """
@@ -183,11 +201,13 @@ class Replicas:
         self.leadership = asyncio.Event()  # set while this replica holds the controller lease
         self.demoted = asyncio.Event()  # set while it does not
         self.demoted.set()
+        self._faults: dict[str, str] = {}  # why each part of the coordination fails now
         client = store.client
         self._client = client
         self._channel = store.prefix + "moves"
         self._replicas = store.prefix + "replicas"
         self._controller = store.prefix + "controller"
+        self._unsettled_key = store.prefix + "unsettled"  # sessions WAKING or STOPPING
         self._claim = client.register_script(_CLAIM)
         self._move = client.register_script(_MOVE)
         self._renew = client.register_script(_RENEW)
@@ -195,6 +215,7 @@ class Replicas:
         self._beat = client.register_script(_BEAT)
         self._alive = client.register_script(_ALIVE)
         self._last_seen = client.register_script(_LAST_SEEN)
+        self._unsettled = client.register_script(_UNSETTLED)
         health.of(REPLICAS)
 
     @property
@@ -225,6 +246,7 @@ class Replicas:
             self._lease(session_id),
             self._channel,
             self.store.prefix + "sessions",
+            self._unsettled_key,
         ]
         args = [
             self.name,
@@ -264,7 +286,12 @@ class Replicas:
         it. Returns (done, the state there, the fence there)."""
         endpoint = session.endpoint if new in (State.WAKING, State.AWAKE) else None
         pid = session.pid if endpoint is not None else None
-        keys = [self.store.key(session.id), self._lease(session.id), self._channel]
+        keys = [
+            self.store.key(session.id),
+            self._lease(session.id),
+            self._channel,
+            self._unsettled_key,
+        ]
         args = [
             "" if expect is None else expect.value,
             str(session.fence),
@@ -284,6 +311,13 @@ class Replicas:
         done, state, fence = await self._move(keys=keys, args=args)
         return bool(done), State(state), int(fence)
 
+    async def unsettled(self) -> list[str]:
+        """Sessions left WAKING or STOPPING with no lease: a wake or a sleep whose replica
+        died mid-way, and that no request has taken over since (see
+        `Lifecycle.settle_interrupted`). Sessions that moved on leave the list."""
+        found = await self._unsettled(keys=[self._unsettled_key], args=[self.store.prefix])
+        return [str(sid) for sid in found]
+
     # -- what the others say -------------------------------------------------
 
     async def listen(self) -> None:
@@ -294,8 +328,7 @@ class Replicas:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                if self.health.ok(REPLICAS):
-                    log.warning("Redis answers again: replicas are coordinated")
+                self._working("listen")
                 self.on_reconnect()
                 delay = 0.1
                 while True:
@@ -305,10 +338,7 @@ class Replicas:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.health.degraded(REPLICAS, f"{type(exc).__name__}: {exc}"):
-                    log.error(
-                        "lost Redis (%s): awake sessions keep serving; wakes wait for it", exc
-                    )
+                self._failing("listen", exc)
             finally:
                 await _quietly(pubsub.aclose())
             await asyncio.sleep(delay)
@@ -348,12 +378,30 @@ class Replicas:
                     keys=[self._controller], args=[self.name, self._ms(self.lease_ttl)]
                 )
                 self._set_leader(bool(lead))
+                if self._working("beat"):
+                    self.on_reconnect()  # the others' moves may have been missed meanwhile
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._set_leader(False)
-                self.health.degraded(REPLICAS, f"{type(exc).__name__}: {exc}")
+                self._failing("beat", exc)
             await asyncio.sleep(self.beat_every)
+
+    def _failing(self, part: str, exc: Exception) -> None:
+        """`part` ("listen": the messages, "beat": heartbeats and the controller lease)
+        cannot reach Redis: the coordination is degraded until every part works again."""
+        detail = f"{type(exc).__name__}: {exc}"
+        self._faults[part] = detail
+        if self.health.degraded(REPLICAS, detail):
+            log.error("lost Redis (%s): awake sessions keep serving; wakes wait for it", detail)
+
+    def _working(self, part: str) -> bool:
+        """`part` reached Redis; True when that ends a degraded time (every part works)."""
+        self._faults.pop(part, None)
+        if self._faults or not self.health.ok(REPLICAS):
+            return False
+        log.warning("Redis answers again: replicas are coordinated")
+        return True
 
     def _set_leader(self, lead: bool) -> None:
         if lead and not self.leader:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import random
@@ -65,6 +66,7 @@ class _Process:
     pidfd: int
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    port: PortClaim | None = None  # held until the process is gone (None when re-adopted)
 
 
 class LocalProvider:
@@ -105,7 +107,8 @@ class LocalProvider:
 
     async def start(self, session: str, template: str) -> RunningBackend:
         tpl = self._templates[template]
-        port = free_port(self._host)
+        claim = claim_port(self._host)
+        port = claim.port
         values = {
             "port": str(port),
             "host": self._host,
@@ -126,8 +129,13 @@ class LocalProvider:
             env[INSTANCE_ENV] = self._instance
         # fork+exec of a large process takes tens of ms on a busy machine: off the loop
         spawn = functools.partial(self._spawn, session, argv, env, tpl.cwd, run_as)
-        popen = await asyncio.to_thread(self.tracker.spawn_inside, session, spawn)
+        try:
+            popen = await asyncio.to_thread(self.tracker.spawn_inside, session, spawn)
+        except BaseException:
+            claim.release()
+            raise
         proc = self._watch(session, popen.pid, popen)
+        proc.port = claim
         return RunningBackend(session, Endpoint(self._host, port), proc.pid, proc.started)
 
     def _spawn(
@@ -173,6 +181,8 @@ class LocalProvider:
     def _exited(self, session: str, proc: _Process) -> None:
         asyncio.get_running_loop().remove_reader(proc.pidfd)
         os.close(proc.pidfd)
+        if proc.port is not None:
+            proc.port.release()
         if self._procs.get(session) is proc:
             del self._procs[session]
         reason = _exit_reason(proc)
@@ -296,6 +306,8 @@ class LocalProvider:
         for proc in self._procs.values():
             loop.remove_reader(proc.pidfd)
             os.close(proc.pidfd)
+            if proc.port is not None:
+                proc.port.release()
         self._procs.clear()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         self.tracker.close()
@@ -431,6 +443,62 @@ def _backend_ports() -> tuple[int, int]:
     except (OSError, ValueError, IndexError):
         return low, high
     return (low, min(high, ephemeral - 1)) if ephemeral - 1 > low + 1000 else (low, high)
+
+
+PORT_TRIES = 50
+"""Free ports looked at for one that no other start has claimed (a handful at most)."""
+
+
+@dataclass(slots=True)
+class PortClaim:
+    """A port handed to a backend, and the lock that keeps it from being handed out again
+    (None where the machine has no abstract Unix sockets: the port is then unclaimed)."""
+
+    port: int
+    lock: socket.socket | None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def claim_port(host: str) -> PortClaim:
+    """A free port on `host` that no other start on this machine holds.
+
+    `free_port` alone is a race: the port is free again from the moment it is found until
+    the backend binds it, seconds later on a busy machine, and the kernel hands a random
+    free port to every asker. Two starts (in this siesta, or in another replica on this
+    machine) given the same port leave one backend unable to bind, and a readiness probe
+    of that session may reach the other session's backend. So each port handed out is
+    claimed (`lock_port`) until the backend is gone.
+    """
+    for _ in range(PORT_TRIES):
+        port = free_port(host)
+        try:
+            lock = lock_port(host, port)
+        except OSError:  # no abstract namespace (not Linux)
+            return PortClaim(port, None)
+        if lock is not None:
+            return PortClaim(port, lock)
+    return PortClaim(free_port(host), None)
+
+
+def lock_port(host: str, port: int) -> socket.socket | None:
+    """Claim `port` on `host` for a backend: a Unix socket bound in the abstract namespace
+    under a name made of both, which every process of this network namespace shares (as
+    it shares ports) and the kernel releases when the socket is closed or its process
+    dies. None when another start holds it; raises `OSError` where there is no such
+    namespace."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0siesta-port/{host}/{port}")
+    except OSError as exc:
+        lock.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return lock
 
 
 def _exit_reason(proc: _Process) -> str:

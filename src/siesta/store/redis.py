@@ -28,9 +28,12 @@ import json
 import logging
 import os
 import secrets
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from siesta.core.model import Endpoint, State, Transition
 from siesta.ledger import Account, from_record, to_record
@@ -50,6 +53,10 @@ made by a replica whose event loop a storm of wakes keeps busy for seconds."""
 MAX_CONNECTIONS = 2000
 """Connections to Redis per replica at most: a storm of wakes makes one call per session
 at once (Redis serves 10,000 clients by default); beyond this a call fails at once."""
+
+TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+"""The URL's query arguments that name files (absolute paths: relative ones are taken
+from siesta's working folder)."""
 
 EVENTS_PAGE = 1000
 """Stream entries read per call while filtering events."""
@@ -112,19 +119,42 @@ def read_password(conf: StoreConf) -> str | None:
 
 
 def connect(conf: StoreConf) -> aioredis.Redis:
-    """A client of the Redis `conf` names, with short timeouts (it connects lazily)."""
+    """A client of the Redis `conf` names, with bounded timeouts (it connects lazily).
+
+    Every call is bounded: a connect or a reply that takes over `SOCKET_TIMEOUT` fails,
+    and redis-py does not retry it (siesta's callers decide: the write-behind queue
+    retries, a wake answers 503), so a Redis that accepts connections and never answers
+    cannot hold anything for long. TLS settings come from the URL's query, as redis-py
+    reads them (`rediss://host:6380/0?ssl_ca_certs=/path/ca.pem&ssl_certfile=...`); they
+    are checked here, with the password settings: `ValueError` names what is wrong.
+    """
     url = conf.redis_url
     assert url is not None
-    pool = aioredis.ConnectionPool.from_url(
-        url,
-        max_connections=MAX_CONNECTIONS,
-        password=read_password(conf),
-        username=conf.username,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        health_check_interval=10,
-    )
+    try:
+        pool = aioredis.ConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            password=read_password(conf),
+            username=conf.username,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), 0),
+        )
+        unused = pool.connection_class(**pool.connection_kwargs)  # checks every argument
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"store {conf.identity}: {exc}") from None
+    tls = getattr(unused, "ssl_context", None)
+    if tls is not None:
+        for name in TLS_FILES:
+            where = pool.connection_kwargs.get(name)
+            if where and not os.path.exists(where):
+                raise ValueError(f"store {conf.identity}: {name} {where}: no such file")
+        try:
+            tls.get()  # reads the CA and the client certificate now, not at the first wake
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"store {conf.identity}: TLS settings: {exc}") from None
     return aioredis.Redis(connection_pool=pool)
 
 
