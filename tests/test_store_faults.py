@@ -232,6 +232,9 @@ def _refused_at_once(response: httpx.Response) -> None:
     assert int(response.headers["retry-after"]) >= 1
 
 
+# Redis paused: each call siesta makes waits for its socket timeout, and the shutdown at the
+# end makes several (a deadline for a loaded machine, not a speed claim).
+@pytest.mark.timeout(300)
 def test_a_redis_that_never_answers_holds_no_request(
     siesta: Launcher, redis_up: RedisServer
 ) -> None:
@@ -380,6 +383,9 @@ def _get_quietly(url: str) -> None:
         httpx.get(url, timeout=30)
 
 
+# Redis paused: each call siesta makes waits for its socket timeout, and the shutdown at the
+# end makes several (a deadline for a loaded machine, not a speed claim).
+@pytest.mark.timeout(300)
 def test_siesta_starts_against_a_redis_that_never_answers(siesta: Launcher) -> None:
     """The store's address accepts connections and never answers a byte (a socket that
     listens and is never read: not a Redis at all). siesta still starts within a bounded
