@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from siesta.core.model import State
+from siesta.providers.local import SAME_START
 from siesta.store.sqlite import SqliteStore
 
 from .dockerd import docker_engine  # noqa: F401 - the session's Docker daemon, as a fixture
@@ -178,10 +179,26 @@ def _pending_writes(admin_port: int) -> int | None:
 Launcher = Callable[..., SiestaProcess]
 
 
+LOG_TAIL = 80  # lines of each siesta's log shown under a failed test
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that started siesta shows the end of each siesta's log: CI keeps
+    nothing else of a run, and a failure under load is often not seen again."""
+    report = yield
+    if report.failed:
+        for n, handle in enumerate(getattr(item, "siesta_runs", [])):
+            lines = handle.output().splitlines()[-LOG_TAIL:]
+            report.sections.append((f"siesta {n} log (last lines)", "\n".join(lines)))
+    return report
+
+
 @pytest.fixture
-def siesta(tmp_path: Path) -> Iterator[Launcher]:
+def siesta(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launcher]:
     """Start siesta with a config built from keyword sections; stopped at teardown."""
     running: list[SiestaProcess] = []
+    request.node.siesta_runs = running  # for pytest_runtest_makereport
 
     def launch(
         *,
@@ -242,16 +259,14 @@ def siesta(tmp_path: Path) -> Iterator[Launcher]:
 
     yield launch
     for handle in running:
-        pids = [p for p in _backends_of(handle) if psutil.pid_exists(p)]
+        backends = _backends_of(handle)
         if handle.proc.poll() is None:
             handle.proc.send_signal(signal.SIGTERM)
             try:
                 handle.proc.wait(30)
             except subprocess.TimeoutExpired:
                 handle.proc.kill()
-        for pid in pids:  # never leave a backend behind, even when a test failed
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+        kill_groups(backends)  # never leave a backend behind, even when a test failed
 
 
 def _count_starts(templates: dict[str, Any], starts: Path) -> None:
@@ -263,15 +278,62 @@ def _count_starts(templates: dict[str, Any], starts: Path) -> None:
             templates[name] = {**template, "env": env}
 
 
-def _backends_of(handle: SiestaProcess) -> list[int]:
-    """Backends to clean up after a test: siesta's children, and the pids it stored (the
-    store is read as it is: a test may have left it broken)."""
-    pids: set[int] = set()
+def _backends_of(handle: SiestaProcess) -> list[psutil.Process]:
+    """Backends to clean up after a test: siesta's children, and the processes it stored
+    (the store is read as it is: a test may have left it broken). A stored pid counts only
+    while it is the process that was stored (same start time): pids wrap at 32768 here,
+    and a reused one may be another test's backend."""
+    found: list[psutil.Process] = []
     with contextlib.suppress(psutil.Error):
-        pids.update(c.pid for c in psutil.Process(handle.proc.pid).children())
+        found.extend(psutil.Process(handle.proc.pid).children())
     with contextlib.suppress(Exception):
-        pids.update(handle.backend_pids(settle=False))
-    return sorted(pids)
+        for record in handle.records(settle=False).values():
+            if record.pid and record.pid_started is not None:
+                started = record.pid_started  # psutil's create_time, as siesta adopts
+                found.extend(_same_process(record.pid, started - SAME_START, started + SAME_START))
+    return found
+
+
+def _same_process(pid: int, earliest: float, latest: float) -> list[psutil.Process]:
+    """[the process `pid`] if it was created between `earliest` and `latest`, else []:
+    its pid was reused since, or it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        created = proc.create_time()
+    except psutil.Error:
+        return []
+    return [proc] if earliest <= created <= latest else []
+
+
+def running_backends(starts: Path) -> dict[int, psutil.Process]:
+    """The backends recorded in `starts` ($SIESTA_TEST_STARTS, a "pid time" line per
+    start, written by tests/backend.py and tests/tiny_backend.py) that still run, by pid.
+    A pid reused by a later process is not one of them: the process must have been
+    created before its record (imports on a loaded machine take up to RECORD_SLACK)."""
+    lines = starts.read_text().splitlines() if starts.exists() else []
+    found: dict[int, psutil.Process] = {}
+    for pid, at in (line.split()[:2] for line in lines):
+        recorded = float(at)
+        for proc in _same_process(int(pid), recorded - RECORD_SLACK, recorded + BOOT_SLACK):
+            with contextlib.suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found[proc.pid] = proc
+    return found
+
+
+RECORD_SLACK = 30.0
+"""Seconds a backend may take from its process start to recording it (imports on a
+loaded machine); a process created later than its record is another one."""
+BOOT_SLACK = 1.0  # psutil's create_time is reckoned from the boot time, in whole seconds
+
+
+def kill_groups(backends: list[psutil.Process]) -> None:
+    """SIGKILL the process group of each backend still running as itself (psutil checks
+    the start time: a pid reused by another process is left alone)."""
+    for proc in backends:
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.is_running():
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def raw(port: int, data: bytes, *, until_close: bool = True, timeout: float = 10.0) -> bytes:
