@@ -195,7 +195,12 @@ def test_a_deleted_store_file_is_reported_and_written_again(siesta: Launcher) ->
 # under a running siesta (FLUSHALL: the store file deleted). A Redis killed and restarted
 # empty is in tests/test_replicas.py, with two replicas.
 
-INSTANCE = "faults"
+
+def _instance(port: int) -> str:
+    """An instance name of this test's own: backends live in cgroups named after the
+    instance, and tests run side by side (two siestas of one instance on one machine are
+    replicas: one's shutdown stops the other's backends of the same session)."""
+    return f"faults-{port}"
 
 
 @pytest.fixture
@@ -206,14 +211,14 @@ def redis_up(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def _on_redis(server: RedisServer) -> dict[str, Any]:
-    return {"store": {"location": server.url}, "instance": INSTANCE}
+    return {"store": {"location": server.url}, "instance": _instance(server.port)}
 
 
 def _redis_records(server: RedisServer) -> dict[str, SessionRecord]:
     """The sessions as Redis holds them (read with siesta's own store)."""
 
     async def read() -> dict[str, SessionRecord]:
-        store = open_store(StoreConf(location=server.url), INSTANCE)
+        store = open_store(StoreConf(location=server.url), _instance(server.port))
         try:
             return {r.id: r for r in await store.sessions()}
         finally:
@@ -404,8 +409,9 @@ def test_siesta_starts_against_a_redis_that_never_answers(siesta: Launcher) -> N
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(128)  # the kernel completes the connections; nobody reads them
-        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-        run = siesta(sessions=TWO, extra={"store": url, "instance": INSTANCE})
+        port = silent.getsockname()[1]
+        url = f"redis://127.0.0.1:{port}/0"
+        run = siesta(sessions=TWO, extra={"store": url, "instance": _instance(port)})
         _refused_at_once(httpx.get(run.url("alice"), timeout=60))
         health = _health(run)
         assert health["dependencies"]["store"]["mode"] == "degraded"

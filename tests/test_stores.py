@@ -161,7 +161,8 @@ async def test_a_writer_without_retention_waits_instead_of_spinning(store: Store
 
 
 def _redis_store(server: RedisServer, **conf: Any) -> dict[str, Any]:
-    return {"store": {"location": server.url, **conf}, "instance": "conn"}
+    # an instance of its own: backends live in cgroups named after it, tests run side by side
+    return {"store": {"location": server.url, **conf}, "instance": f"conn-{server.port}"}
 
 
 def _woken_through(run: SiestaProcess, server: RedisServer) -> None:
@@ -169,7 +170,7 @@ def _woken_through(run: SiestaProcess, server: RedisServer) -> None:
     answer = httpx.get(run.url("alice"), timeout=30)
     assert (answer.status_code, answer.headers["x-siesta-wake"]) == (200, "cold")
     run.settle()
-    assert server.client().hget("siesta:conn:s:alice", "state") == "AWAKE"
+    assert server.client().hget(f"siesta:conn-{server.port}:s:alice", "state") == "AWAKE"
 
 
 def test_rediss_with_the_password_in_a_file(siesta: Launcher, tmp_path: Path) -> None:
