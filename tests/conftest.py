@@ -7,6 +7,7 @@ and waits (a poll with a deadline) until it accepts connections. Backends are
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -74,6 +75,18 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condi
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(0.1, delay * 1.5)
+
+
+async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """`wait_for` for a test on the event loop: the loop runs between the looks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def accepts(port: int) -> bool:

@@ -34,7 +34,7 @@ from siesta.core.model import State
 from siesta.keda import externalscaler_pb2 as pb
 from siesta.keda import externalscaler_pb2_grpc as pb_grpc
 
-from .conftest import free_port
+from .conftest import free_port, until
 
 POLL = 0.2  # KEDA's pollingInterval, in seconds
 COOLDOWN = 1.0  # KEDA's cooldownPeriod, in seconds
@@ -161,15 +161,6 @@ async def app(tmp_path: Path) -> AsyncIterator[Siesta]:
     await siesta.stop()
 
 
-async def _until(check: object, timeout: float, what: str) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_stand_in_for_keda_wakes_serves_and_scales_to_zero(
     app: Siesta, tmp_path: Path
 ) -> None:
@@ -186,7 +177,7 @@ async def test_stand_in_for_keda_wakes_serves_and_scales_to_zero(
     assert session.state is State.ASLEEP
 
     async with StandInForKeda(app.scaler_address, port, tmp_path) as keda:
-        await _until(lambda: keda.polls >= 2, 10, "the stand-in's first polls")
+        await until(lambda: keda.polls >= 2, 10, "the stand-in's first polls")
         assert keda.replicas == 0
         assert keda.starts == []
 
@@ -196,17 +187,17 @@ async def test_stand_in_for_keda_wakes_serves_and_scales_to_zero(
         assert answer.status_code == 200
         # started once; the stream said `true` once (a poll in flight may act first)
         assert len(keda.starts) == 1
-        await _until(lambda: keda.stream_trues == 1, 5, "the stream's `true`")
+        await until(lambda: keda.stream_trues == 1, 5, "the stream's `true`")
         process = keda.process
         assert process is not None
         pid = process.pid
 
         # idle_timeout (1s) puts the session to sleep; IsActive turns false; after the
         # cooldown (1s) the stand-in scales to zero and the process is gone.
-        await _until(lambda: session.state is State.ASLEEP, 10, "the policy's sleep")
+        await until(lambda: session.state is State.ASLEEP, 10, "the policy's sleep")
         slept = time.monotonic()
         # `stops` counts a scale to zero once its process has been waited for
-        await _until(lambda: keda.stops == 1, 10, "the scale to zero")
+        await until(lambda: keda.stops == 1, 10, "the scale to zero")
         assert time.monotonic() - slept >= COOLDOWN - 2 * POLL
         assert process.returncode is not None
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -22,7 +22,7 @@ from siesta.core.policy import Signals, compile_rule
 from siesta.probes import JupyterProbe, ProbeError, Prober, get_json, make_probe
 
 from .admin import client, launch_admin
-from .conftest import Launcher, backend_template, wait_for
+from .conftest import Launcher, backend_template, until, wait_for
 
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
 
@@ -305,10 +305,10 @@ async def test_a_generic_probe_fills_the_app_map_while_awake_and_asks_for_checks
     assert sink.app_signals == {}
     _awake(sessions, "alice", endpoint)
     assert sink.app_signals["alice"] == {"ok": False, "error": "not probed yet"}
-    await _until(lambda: sink.app_signals["alice"].get("busy") == 2)
+    await until(lambda: sink.app_signals["alice"].get("busy") == 2)
     assert sink.app_signals["alice"] == {"ok": True, "error": "", "busy": 2}
     document["workers"]["busy"] = 0
-    await _until(lambda: sink.app_signals["alice"].get("busy") == 0)
+    await until(lambda: sink.app_signals["alice"].get("busy") == 0)
     assert sink.checks.count("alice") >= 2
     sessions.move("alice", State.STOPPING)
     assert "alice" not in sink.app_signals
@@ -327,11 +327,11 @@ async def test_a_failing_probe_is_a_signal_counted_and_logged_once(
     probe = {"http": "/status", "every": "20ms", "timeout": "1s"}
     prober = Prober(sessions, {"t": Template(probe)}, sink)  # type: ignore[arg-type]
     _awake(sessions, "alice", endpoint)
-    await _until(lambda: sink.app_signals["alice"].get("busy") == 3)
+    await until(lambda: sink.app_signals["alice"].get("busy") == 3)
     server.close()
     await server.wait_closed()
     with caplog.at_level(logging.WARNING, logger="siesta.probes"):
-        await _until(lambda: sink.probe_failures >= 3)
+        await until(lambda: sink.probe_failures >= 3)
     app = sink.app_signals["alice"]
     assert app["ok"] is False
     assert "cannot connect" in app["error"]
@@ -348,7 +348,7 @@ async def test_a_probe_that_gets_no_answer_times_out(raw_server: Any) -> None:
     probe = {"preset": "jupyter", "every": "1h", "timeout": "100ms"}
     prober = Prober(sessions, {"t": Template(probe)}, sink)  # type: ignore[arg-type]
     _awake(sessions, "alice", endpoint)
-    await _until(lambda: sink.probe_failures == 1)
+    await until(lambda: sink.probe_failures == 1)
     app = sink.app_signals["alice"]
     assert (app["ok"], app["error"], app["busy_kernels"]) == (False, "no answer within 0.1s", 0)
     await prober.close()
@@ -363,19 +363,11 @@ async def test_sessions_awake_at_start_are_probed_and_templates_without_activity
     templates = {"t": Template({"http": "/s", "every": "1h"}), "plain": Template(None)}
     prober = Prober(sessions, templates, sink)  # type: ignore[arg-type]
     assert prober.probing == {"alice"}
-    await _until(lambda: sink.app_signals["alice"].get("n") == 1)
+    await until(lambda: sink.app_signals["alice"].get("n") == 1)
     assert "bob" not in sink.app_signals
     await prober.close()
     assert sink.app_signals == {}
     server.close()
-
-
-async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 # The `activity` key of templates ----------------------------------------------------------

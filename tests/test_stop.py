@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from siesta.core.model import State
 from siesta.providers.local import LocalProvider
 from siesta.providers.proctree import CgroupTracker
 
-from .conftest import BACKEND, Launcher, backend_template, wait_for
+from .conftest import BACKEND, Launcher, backend_template, until, wait_for
 
 SPAWNER = """
 import os, subprocess, sys
@@ -165,3 +166,68 @@ def test_siesta_leaves_nothing_of_a_session_it_put_to_sleep(
     leader = run.records()["alice"].pid
     wait_for(lambda: run.state("alice") is State.ASLEEP, timeout=30, what="alice to sleep")
     assert [pid for pid in [leader, *pids] if pid and not _gone(pid)] == []
+
+
+def _cgroup_provider(tmp_path: Path, name: str, instance: str) -> LocalProvider:
+    local = LocalProvider({}, tmp_path / name, instance=instance)
+    if local.tracker.kind != "cgroup":
+        pytest.skip("no writable cgroup v1 cpuacct here (needs root and cgroup v1)")
+    return local
+
+
+def _spawn_in(local: LocalProvider, session: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    """A process in `session`'s cgroup, in a group of its own, with no siesta marker."""
+    env = {"PATH": os.environ["PATH"]}
+    return local.tracker.spawn_inside(
+        session, lambda: subprocess.Popen(argv, start_new_session=True, env=env)
+    )
+
+
+async def test_a_replica_starting_spares_a_backend_another_is_starting(tmp_path: Path) -> None:
+    """Two replicas of one instance on this machine. One is starting carol's backend,
+    caught between fork and exec: in carol's cgroup, without the marker the other's
+    scan looks for. The other replica starts up then: it looks again for a while, finds
+    the backend once it has exec'd, and adopts it instead of killing it (it killed it:
+    the wake of the first replica failed)."""
+    instance = f"race{os.getpid()}"
+    first = _cgroup_provider(tmp_path, "a", instance)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    marked = f"SIESTA_INSTANCE={instance} SIESTA_SESSION=carol PORT=9"
+    script = f"read x < {gate}; exec env {marked} sleep 600"
+    starting = _spawn_in(first, "carol", ["sh", "-c", script])
+    second = _cgroup_provider(tmp_path, "b", instance)
+    second.settle = 60.0  # ends as soon as carol's backend is found
+    try:
+        adopting = asyncio.create_task(second.adopt([]))
+        await until(lambda: "carol" in second.settling, what="the second look for carol")
+        await asyncio.to_thread(gate.write_text, "go\n")  # the fifo's reader waits
+        adopted = await adopting
+        assert [(b.session, b.pid) for b in adopted] == [("carol", starting.pid)]
+        assert starting.poll() is None, "the backend being started was killed"
+        assert psutil.Process(starting.pid).name() == "sleep"
+    finally:
+        starting.kill()
+        starting.wait()
+        await second.stop("carol", grace=0)
+        await second.close()
+        await first.close()
+
+
+async def test_a_replica_starting_kills_what_no_backend_owns(tmp_path: Path) -> None:
+    """What is left in a session's cgroup with no backend (a previous siesta's backend
+    whose leader died) is killed at start-up, after the second look finds nothing."""
+    instance = f"left{os.getpid()}"
+    first = _cgroup_provider(tmp_path, "a", instance)
+    left = _spawn_in(first, "dave", ["sleep", "600"])
+    second = _cgroup_provider(tmp_path, "b", instance)
+    second.settle = 0.3
+    try:
+        assert await second.adopt([]) == []
+        assert left.wait(timeout=30) == -9
+        assert "dave" not in second.tracker.known()
+    finally:
+        if left.poll() is None:
+            left.kill()
+        await second.close()
+        await first.close()

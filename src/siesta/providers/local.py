@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import logging
 import os
 import random
 import shutil
@@ -35,9 +36,13 @@ from .base import BackendStatus, ExitHandler, RunningBackend, StartError, Usage
 from .proctree import Tracker, make_tracker
 from .runas import IdentityError, RunAs, backend_env, privilege_problem
 
+log = logging.getLogger("siesta.providers.local")
+
 # psutil's start times come from /proc in clock ticks: equal within this for one process.
 SAME_START = 0.05
 KILL_WAIT = 10.0  # seconds SIGKILLed processes get to be gone (they cannot refuse)
+SETTLE = 1.0  # seconds to look again for the backends of sessions left in cgroups at start
+SETTLE_POLL = 0.1  # seconds between those looks
 GONE_POLL = (0.005, 0.1)  # seconds between looks for the last processes: first, largest
 
 
@@ -101,6 +106,8 @@ class LocalProvider:
         self._on_exit: ExitHandler = lambda session, reason: None
         self.tracker: Tracker = make_tracker(instance or f"pid{os.getpid()}", cgroups=cgroups)
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.settle = SETTLE
+        self.settling: set[str] = set()
 
     def set_exit_handler(self, handler: ExitHandler) -> None:
         self._on_exit = handler
@@ -149,16 +156,16 @@ class LocalProvider:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         _check_runnable(argv[0], env, cwd)
         owner = None if run_as is None else run_as.uid
-        with open(self._log_dir / f"{session}.log", "ab", buffering=0) as log:
+        with open(self._log_dir / f"{session}.log", "ab", buffering=0) as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             with contextlib.suppress(OSError):  # a full disk loses the line, not the start
-                log.write(f"--- siesta: starting {session} at {stamp}: {argv}\n".encode())
-                log.flush()
+                out.write(f"--- siesta: starting {session} at {stamp}: {argv}\n".encode())
+                out.flush()
             try:
                 return subprocess.Popen(
                     argv,  # born in the session's cgroup: see Tracker.spawn_inside
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
+                    stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     cwd=cwd,
@@ -187,8 +194,8 @@ class LocalProvider:
             del self._procs[session]
         reason = _exit_reason(proc)
         if not proc.stopping:  # in its log too: the failure page and `siesta logs` show it
-            with contextlib.suppress(OSError), open(self._log_dir / f"{session}.log", "a") as log:
-                log.write(f"--- siesta: {reason}\n")
+            with contextlib.suppress(OSError), open(self._log_dir / f"{session}.log", "a") as out:
+                out.write(f"--- siesta: {reason}\n")
         proc.exited.set()
         if not proc.stopping:  # a stop deals with the rest itself, with its grace
             self._clean_up(session)
@@ -266,11 +273,43 @@ class LocalProvider:
                 if wanted and self._adopt_one(backend):
                     adopted.append(backend)
         if first:
-            kept = {b.session for b in adopted}
-            for session in self.tracker.known():
-                if session not in kept and session not in self._procs:
-                    await self._kill_rest(session)
+            adopted += await self._clear_leftovers({b.session for b in adopted})
         return adopted
+
+    async def _clear_leftovers(self, kept: set[str]) -> list[RunningBackend]:
+        """Kill what runs in the cgroup of a session with no backend found, after looking
+        again for `settle` seconds: the backends found meanwhile are adopted instead. A
+        replica on this machine may be starting a backend: between fork and exec (tens of
+        ms on a busy machine) the child is in the session's cgroup without the marker
+        `find_backends` looks for, and killing it would fail that replica's wake.
+        `settling` holds the sessions still looked for."""
+        suspects = [
+            s
+            for s in self.tracker.known()
+            if s not in kept and s not in self._procs and self.tracker.pids(s, None)
+        ]
+        found: list[RunningBackend] = []
+        if suspects and self._instance is not None:
+            self.settling = set(suspects)
+            log.info("processes left in the cgroups of %s: looking again", ", ".join(suspects))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settle
+            while self.settling and loop.time() < deadline:
+                await asyncio.sleep(min(SETTLE_POLL, max(0.0, deadline - loop.time())))
+                for backend in await asyncio.to_thread(find_backends, self._instance, self._host):
+                    if backend.session in self.settling and self._adopt_one(backend):
+                        found.append(backend)
+                        kept.add(backend.session)
+                        self.settling.discard(backend.session)
+            self.settling = set()
+        for session in self.tracker.known():
+            if session in kept or session in self._procs:
+                continue
+            if session in suspects:
+                await self._kill_rest(session)
+            else:  # empty at the first look: the cgroup goes unless a process is in it now
+                self.tracker.forget(session)
+        return found
 
     def measures(self, template: str) -> bool:
         return True
