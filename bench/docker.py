@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -41,7 +42,19 @@ from typing import Any
 import httpx
 import yaml
 
-from run import OUT, ROOT, Processes, accepts, cold_ttfb, first_byte, ms, p95, verdict, wait_until
+from run import (
+    OUT,
+    ROOT,
+    Processes,
+    accepts,
+    cold_ttfb,
+    exit_on_sigterm,
+    first_byte,
+    ms,
+    p95,
+    verdict,
+    wait_until,
+)
 from siesta.store.sqlite import SqliteStore
 
 sys.path.insert(0, str(ROOT))
@@ -222,6 +235,7 @@ def wake_many(port: int, sessions: list[str]) -> dict[str, Any]:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # the finally below cleans up
     rounds, many = settings()
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="siesta-bench-docker-"))

@@ -24,7 +24,11 @@ it differs:
   a raw socket and the time to the first byte of the answer is taken (the answer must
   be ``HTTP/1.1 200`` with ``X-Siesta-Wake: cold``). wake cost = (b) - (a): what siesta
   adds to a cold request beyond the backend's own start. Both (a) and (b) include the
-  start of bash for the wrapper script, so it cancels out.
+  start of bash for the wrapper script, so it cancels out. The wakes are measured twice:
+  as siesta runs by default (each backend born in a cgroup of its own, where the machine
+  allows it) and with SIESTA_CGROUPS=off (the process tree), which shows what the move
+  into a cgroup costs (on cgroup v1, the first move after a pause waits for an RCU grace
+  period).
 
 The targets printed next to the figures (throughput >= 0.8x nginx, p99 <= 1.5x nginx,
 median wake cost < 10 ms) are informational: a MISS never fails the run. Results are
@@ -405,9 +409,16 @@ def write_siesta_config(
     return path
 
 
-def start_siesta(procs: Processes, config: Path, port: int, store: Path, log: Path) -> Siesta:
+def start_siesta(
+    procs: Processes,
+    config: Path,
+    port: int,
+    store: Path,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Siesta:
     """`python -m siesta up -c config`, returned once its gateway accepts connections."""
-    env = {**os.environ, "COLUMNS": "200"}  # wide log lines: rich wraps at 80 otherwise
+    env = {**os.environ, "COLUMNS": "200", **(extra_env or {})}  # wide lines: rich wraps at 80
     argv = [sys.executable, "-m", "siesta", "up", "-c", str(config)]
     proc = procs.start("siesta", argv, log, env)
 
@@ -684,14 +695,18 @@ class Report:
     ratios: dict[str, float] = field(default_factory=dict)
     wakes: list[Wake] = field(default_factory=list)
     wake_summary: dict[str, float] = field(default_factory=dict)
+    wakes_tree: list[Wake] = field(default_factory=list)  # SIESTA_CGROUPS=off
+    wake_summary_tree: dict[str, float] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["wakes"] = [
-            {"start_to_ready": w.start_to_ready, "ttfb": w.ttfb, "cost": w.cost} for w in self.wakes
-        ]
+        for key in ("wakes", "wakes_tree"):
+            data[key] = [
+                {"start_to_ready": w.start_to_ready, "ttfb": w.ttfb, "cost": w.cost}
+                for w in getattr(self, key)
+            ]
         return data
 
 
@@ -782,6 +797,13 @@ def print_report(report: Report) -> None:
             f"  siesta's own wake time       median {ms(wake['siesta_wake_seconds_median'])}"
             "  (WAKING -> AWAKE in its store: spawn + readiness polling)"
         )
+    tree = report.wake_summary_tree
+    if tree:
+        print(
+            f"  with SIESTA_CGROUPS=off      median {ms(tree['cost_median'])}  p95"
+            f" {ms(tree['cost_p95'])}  (the process tree: no move into a cgroup v1, whose"
+            " first move after a pause waits for an RCU grace period)"
+        )
 
 
 _PROBLEM = re.compile(
@@ -796,6 +818,7 @@ class Logs:
 
     siesta_throughput: Path
     siesta_wake: Path
+    siesta_wake_tree: Path
     backend_under_siesta: Path
     backend_alone: Path
 
@@ -804,6 +827,7 @@ class Logs:
         return cls(
             tmp / "siesta-throughput.log",
             tmp / "siesta-wake.log",
+            tmp / "siesta-wake-tree.log",
             tmp / "state" / "logs" / f"{SESSION}.log",  # where siesta puts its output
             tmp / "backend-alone.log",
         )
@@ -812,6 +836,7 @@ class Logs:
         return [
             self.siesta_throughput,
             self.siesta_wake,
+            self.siesta_wake_tree,
             self.backend_under_siesta,
             self.backend_alone,
         ]
@@ -901,27 +926,39 @@ def run_throughput(
 
 
 def run_wake_cost(
-    procs: Processes, settings: Settings, tmp: Path, report: Report, logs: Logs
+    procs: Processes, settings: Settings, tmp: Path, report: Report, logs: Logs, *, cgroups: bool
 ) -> None:
-    """Part 2: siesta restarted with a short idle timeout; cold requests against it."""
+    """Part 2: siesta restarted with a short idle timeout; cold requests against it. Run
+    twice: as siesta runs by default (a cgroup per backend where it can), and with
+    SIESTA_CGROUPS=off (the process tree), so what the cgroup costs a wake is seen."""
     store, backends = tmp / "state" / "state.db", tmp / "backends"
     port = free_port()
     config = write_siesta_config(
         tmp / "siesta-wake.yaml", settings, port, store, backends, WAKE_IDLE_TIMEOUT
     )
-    siesta = start_siesta(procs, config, port, store, logs.siesta_wake)
-    print(f"measuring {settings.wakes} wakes (idle_timeout {WAKE_IDLE_TIMEOUT})")
-    report.wakes = measure_wakes(procs, settings, siesta, backends, logs.backend_alone)
-    report.wake_summary = summarize_wakes(report.wakes, siesta.wake_seconds(len(report.wakes)))
+    log, env = logs.siesta_wake, {}
+    if not cgroups:
+        log, env = logs.siesta_wake_tree, {"SIESTA_CGROUPS": "off"}
+    siesta = start_siesta(procs, config, port, store, log, env)
+    print(
+        f"measuring {settings.wakes} wakes (idle_timeout {WAKE_IDLE_TIMEOUT})"
+        + ("" if cgroups else " with SIESTA_CGROUPS=off")
+    )
+    wakes = measure_wakes(procs, settings, siesta, backends, logs.backend_alone)
+    summary = summarize_wakes(wakes, siesta.wake_seconds(len(wakes)))
+    if cgroups:
+        report.wakes, report.wake_summary = wakes, summary
+    else:
+        report.wakes_tree, report.wake_summary_tree = wakes, summary
     print(f"stopping siesta: took {stop_siesta(procs, siesta):.2f}s")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that clean up
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     settings = Settings.from_env()
     OUT.mkdir(parents=True, exist_ok=True)
     report = Report(
@@ -944,7 +981,8 @@ def main() -> int:
         logs = Logs.under(tmp)
         try:
             run_throughput(procs, settings, tmp, report, logs)
-            run_wake_cost(procs, settings, tmp, report, logs)
+            run_wake_cost(procs, settings, tmp, report, logs, cgroups=True)
+            run_wake_cost(procs, settings, tmp, report, logs, cgroups=False)
         finally:
             procs.stop_all()
             report.log_problems = log_problems(logs.all())

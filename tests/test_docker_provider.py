@@ -8,6 +8,7 @@ daemon that cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from siesta.config import TemplateConf, parse_config
+from siesta.core.container import container_name
 from siesta.providers.base import StartError
 from siesta.providers.docker import DockerProvider
 
@@ -191,3 +193,31 @@ async def test_an_unreachable_daemon_fails_fast_and_clearly(tmp_path: Path) -> N
         assert not provider.alive("alice")
     finally:
         await provider.close()
+
+
+async def test_rounds_of_stats_leave_room_for_stops_and_starts(
+    docker_engine: Engine, instance: str
+) -> None:
+    """Eight containers awake and their stats asked for ten times over, all at once (the
+    resource sampler's round, larger), while one container is stopped and another
+    session started: the stop and the start succeed and every stats request answers.
+    With 100 containers awake, streamed stats once held every connection to dockerd and
+    the stops queued behind them failed after a minute (bench/docker.py)."""
+    provider = DockerProvider(templates(), instance=instance)
+    sessions = [f"s{i}" for i in range(8)]
+    try:
+        await asyncio.gather(*(provider.start(sid, "box") for sid in sessions))
+        rounds = [provider.usage(sid) for _ in range(10) for sid in sessions]
+        *usages, _, started = await asyncio.gather(
+            *rounds, provider.stop("s0", 0), provider.start("late", "box")
+        )
+        info = docker_engine.inspect(container_name(instance, "s0"))
+        late = await provider.usage("late")
+    finally:
+        await provider.close()
+    answered = [u for u in usages if u is not None]
+    assert len(answered) >= len(usages) - 10  # s0's: none once it is stopped
+    assert all(u.memory_bytes > 0 for u in answered)
+    assert info["State"]["Running"] is False
+    assert started.endpoint.port > 0
+    assert late is not None

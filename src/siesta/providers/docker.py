@@ -63,6 +63,13 @@ BEGIN_WAIT = 10.0
 answer). Ten: a daemon that is up answers in milliseconds; one that hangs must not keep
 the gateway, and the sessions of other providers, from starting."""
 
+STATS_AT_ONCE = 4
+"""Stats requests in flight at once. aiohttp keeps at most 100 connections to dockerd: with
+100 containers awake, a sampling round of streamed stats (1 to 3 s each then) held them
+all, and the stops and starts queued behind it timed out (bench/docker.py). Stats are
+one-shot now (milliseconds each) and a few at a time, so the lifecycle's calls always
+find a connection."""
+
 LOG_KEEP = 200
 """Lines of a removed container's log kept in memory (on_sleep: remove), so `siesta logs`
 and the failure page still show why it stopped."""
@@ -144,6 +151,7 @@ class DockerProvider:
         self._on_exit: ExitHandler = lambda session, reason: None
         self._tasks: list[asyncio.Task[None]] = []
         self._tried = asyncio.Event()  # the first connection to dockerd succeeded or failed
+        self._stats_slots = asyncio.Semaphore(STATS_AT_ONCE)
         self.connected = False
         """Whether the event stream is up (so exits are seen at once)."""
 
@@ -377,11 +385,13 @@ class DockerProvider:
         return [item._container for item in found]
 
     async def _stats(self, container: str) -> Any:
-        stream = self._docker().containers.container(container).stats(stream=True)
-        async for first in stream:  # the first sample comes at once; later ones each second
-            await _close(stream)
-            return first
-        return {}
+        """One sample of the container's stats. `one-shot` (Engine API 1.41): Docker does
+        not wait a second for a previous sample, which siesta does not read (it keeps
+        its own). aiodocker's `stats()` cannot ask for it, hence its `_query_json`."""
+        async with self._stats_slots:
+            path = f"containers/{container}/stats"
+            params = {"stream": "0", "one-shot": "1"}
+            return await self._docker()._query_json(path, params=params)
 
     async def _log(self, container: str, lines: int) -> str:
         handle = self._docker().containers.container(container)
@@ -609,13 +619,6 @@ def _asleep(known: dict[str, object] | None, session: str) -> bool:
     replicas, another replica may have woken it: its container is not ours to stop.)"""
     state = getattr((known or {}).get(session), "state", "ASLEEP")
     return str(state) in ("ASLEEP", "FAILED")
-
-
-async def _close(stream: object) -> None:
-    """Close an async generator (aiodocker's streams are typed as plain iterators)."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
