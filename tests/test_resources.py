@@ -175,9 +175,12 @@ async def test_the_window_is_an_average_over_its_samples_whenever_it_is_read() -
     assert sampler.window("alice") is None  # asleep: not sampled
 
 
-async def test_failing_or_blind_providers_are_never_fatal() -> None:
-    """A provider that raises is a missing sample, counted; a template the provider cannot
-    measure is not sampled at all; sleeping sessions cost nothing."""
+async def test_failing_or_blind_providers_are_never_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A provider that raises is a missing sample, counted and logged once for the round
+    with its reason; a template the provider cannot measure is not sampled at all;
+    sleeping sessions cost nothing."""
     clock, provider, sessions = FakeClock(), StandInProvider(), Sessions()
     specs = {"web": SamplerTemplate(6.0, True), "blind": SamplerTemplate(6.0, True)}
     sampler = Sampler(sessions, provider, specs, clock=clock)
@@ -188,6 +191,8 @@ async def test_failing_or_blind_providers_are_never_fatal() -> None:
         sessions.move(session, State.AWAKE)
     assert await sampler.tick() == 1
     assert sampler.failures == 1
+    said = [r.getMessage() for r in caplog.records if "gave no usage" in r.getMessage()]
+    assert said == ["1 of 1 sessions gave no usage: bob (stats endpoint down)"]
     assert not sampler.measured("eve")
     assert sampler.ready_at("eve") is None
     sessions.move(bob, State.STOPPING)

@@ -240,7 +240,11 @@ class Sampler:
                 due.append((sid, track))
         if not due:
             return 0
-        answers = await asyncio.gather(*(self._usage(sid) for sid, _ in due))
+        missed: list[str] = []
+        answers = await asyncio.gather(*(self._usage(sid, missed) for sid, _ in due))
+        if missed:  # one line a round: a busy Docker can miss a hundred at once
+            shown = ", ".join(missed[:5]) + (", ..." if len(missed) > 5 else "")
+            log.warning("%d of %d sessions gave no usage: %s", len(missed), len(due), shown)
         at = self._clock.monotonic()
         for (sid, track), usage in zip(due, answers, strict=True):
             if self._tracks.get(sid) is not track:
@@ -251,12 +255,18 @@ class Sampler:
             self._push(sid, track.due)
         return len(due)
 
-    async def _usage(self, session_id: str) -> Usage | None:
+    async def _usage(self, session_id: str, missed: list[str] | None = None) -> Usage | None:
+        """The provider's usage of the session, or None (counted in `failures`, and the
+        reason added to `missed`, or logged when there is no list)."""
         try:
             return await asyncio.wait_for(self._provider.usage(session_id), USAGE_TIMEOUT)
         except Exception as exc:  # a failure or a timeout is a missing sample, never a crash
             self.failures += 1
-            log.warning("%s: no usage from the provider: %s", session_id, exc)
+            why = f"no answer within {USAGE_TIMEOUT:g}s" if isinstance(exc, TimeoutError) else exc
+            if missed is None:
+                log.warning("%s: no usage from the provider: %s", session_id, why)
+            else:
+                missed.append(f"{session_id} ({why})")
             return None
 
     def _add(self, track: _Track, at: float, usage: Usage) -> None:
