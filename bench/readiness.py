@@ -28,7 +28,7 @@ import httpx
 from siesta.app import install_uvloop
 from siesta.core.model import Endpoint
 from siesta.httpclient import async_client
-from siesta.readiness import http_ready
+from siesta.readiness import Resolved, http_ready
 
 ROUNDS = 7
 CHECKS = 300
@@ -70,12 +70,13 @@ async def measure() -> dict[str, dict[str, float]]:
     server = await asyncio.start_server(_answer, "127.0.0.1", 0)
     ready = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
     refused = Endpoint("127.0.0.1", _closed_port())
+    ready_target, refused_target = Resolved(ready), Resolved(refused)  # one per wake
     times: dict[str, list[float]] = {}
     async with async_client(5.0, keepalive=False) as client:
         cases: dict[str, tuple[Callable[[], Awaitable[bool]], bool]] = {
-            "minimal ready": (lambda: http_ready(ready, "/"), True),
+            "minimal ready": (lambda: http_ready(ready_target, "/"), True),
             "httpx ready": (lambda: _httpx_ready(client, ready, "/"), True),
-            "minimal refused": (lambda: http_ready(refused, "/"), False),
+            "minimal refused": (lambda: http_ready(refused_target, "/"), False),
             "httpx refused": (lambda: _httpx_ready(client, refused, "/"), False),
         }
         for _ in range(ROUNDS):

@@ -136,6 +136,7 @@ def start_replica(
             "listen": f"{HOST}:{port}",
             "admin_listen": f"{HOST}:{admin}",
             "wake_timeout": "300s",
+            "wake_rate": "off",  # one client waking the same sessions again and again
         },
         "store": store,
         **config,
