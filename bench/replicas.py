@@ -415,11 +415,13 @@ def main() -> int:
 
         sessions = [f"s{n:03d}" for n in range(many)]
         tiny = [sys.executable, "-S", str(TINY), "{port}", "{session}", "0"]
+        folder = tmp / "storm"
+        starts = {"SIESTA_TEST_STARTS": str(folder / "starts.txt")}  # each start, a line
+        template = {"command": tiny, "idle_timeout": "1h", "stop_grace": "2s", "env": starts}
         storm_config = {
-            "templates": {"tiny": {"command": tiny, "idle_timeout": "1h", "stop_grace": "2s"}},
+            "templates": {"tiny": template},
             "sessions": {sid: {"template": "tiny"} for sid in sessions},
         }
-        folder = tmp / "storm"
         three = [
             start_replica(procs, folder, f"r{n}", {"location": server.url}, storm_config)
             for n in range(3)

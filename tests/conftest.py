@@ -63,30 +63,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+def _polls(timeout: float) -> Iterator[float]:
+    """The pauses between looks (5 ms growing to 0.1 s), until `timeout` seconds passed."""
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while True:
+    while time.monotonic() <= deadline:
+        yield delay
+        delay = min(0.1, delay * 1.5)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    for delay in _polls(timeout):
         result = check()
         if result:
             return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
-        delay = min(0.1, delay * 1.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
     """`wait_for` for a test on the event loop: the loop runs between the looks."""
-    deadline = time.monotonic() + timeout
-    while True:
+    for delay in _polls(timeout):
         result = check()
         if result:
             return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(delay)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def accepts(port: int) -> bool:
