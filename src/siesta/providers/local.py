@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -265,7 +265,8 @@ class LocalProvider:
         missing = {c.session for c in candidates} - {b.session for b in adopted}
         first, self._scanned = not self._scanned, True
         if self._instance is not None and (missing or first):
-            found = await asyncio.to_thread(find_backends, self._instance, self._host)
+            among = None if first else functools.partial(self._processes_of, missing)
+            found = await asyncio.to_thread(find_backends, self._instance, self._host, among)
             for backend in found:
                 wanted = backend.session in missing or (
                     first and backend.session not in self._procs
@@ -275,6 +276,15 @@ class LocalProvider:
         if first:
             adopted += await self._clear_leftovers({b.session for b in adopted})
         return adopted
+
+    def _processes_of(self, sessions: Collection[str]) -> list[int] | None:
+        """The processes in the cgroups of `sessions`; None (look at every process) without
+        cgroups. A scan of every process reads each one's environment: with 300 sessions
+        waking at once over three replicas, those scans held the GIL long enough to starve
+        the event loop, and wake leases expired (bench/replicas.py)."""
+        if self.tracker.kind != "cgroup":
+            return None
+        return [pid for session in sessions for pid in self.tracker.pids(session, None)]
 
     async def _clear_leftovers(self, kept: set[str]) -> list[RunningBackend]:
         """Kill what runs in the cgroup of a session with no backend found, after looking
@@ -382,8 +392,11 @@ INSTANCE_ENV = "SIESTA_INSTANCE"
 PORT): not a secret, a mark by which `find_backends` recognises this deployment's own."""
 
 
-def find_backends(instance: str, host: str) -> list[RunningBackend]:
-    """The running backends of deployment `instance`, found by scanning processes.
+def find_backends(
+    instance: str, host: str, among: Callable[[], Iterable[int] | None] | None = None
+) -> list[RunningBackend]:
+    """The running backends of deployment `instance`, found by scanning processes: those
+    `among()` answers (the processes of some sessions' cgroups), or every process.
 
     A backend is a process-group leader whose environment has SIESTA_INSTANCE=`instance`
     (its children inherit the environment but lead no group); its session and port come
@@ -393,10 +406,10 @@ def find_backends(instance: str, host: str) -> list[RunningBackend]:
     """
     found: list[RunningBackend] = []
     marker = f"{INSTANCE_ENV}={instance}".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
+    pids = None if among is None else among()
+    if pids is None:
+        pids = (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
                 raw = handle.read()
