@@ -265,9 +265,7 @@ class LocalProvider:
         missing = {c.session for c in candidates} - {b.session for b in adopted}
         first, self._scanned = not self._scanned, True
         if self._instance is not None and (missing or first):
-            among = None if first else functools.partial(self._processes_of, missing)
-            found = await asyncio.to_thread(find_backends, self._instance, self._host, among)
-            for backend in found:
+            for backend in await self._find(None if first else missing):
                 wanted = backend.session in missing or (
                     first and backend.session not in self._procs
                 )
@@ -277,13 +275,19 @@ class LocalProvider:
             adopted += await self._clear_leftovers({b.session for b in adopted})
         return adopted
 
-    def _processes_of(self, sessions: Collection[str]) -> list[int] | None:
-        """The processes in the cgroups of `sessions`; None (look at every process) without
-        cgroups. A scan of every process reads each one's environment: with 300 sessions
-        waking at once over three replicas, those scans held the GIL long enough to starve
-        the event loop, and wake leases expired (bench/replicas.py)."""
-        if self.tracker.kind != "cgroup":
-            return None
+    async def _find(self, sessions: Collection[str] | None) -> list[RunningBackend]:
+        """`find_backends` in a thread, among the processes of the cgroups of `sessions`,
+        or of every process (None, or without cgroups). A look at every process reads
+        each one's environment: with 300 sessions waking at once over three replicas,
+        those looks held the GIL long enough to starve the event loop, and wake leases
+        expired (bench/replicas.py)."""
+        assert self._instance is not None
+        among = None
+        if sessions is not None and self.tracker.kind == "cgroup":
+            among = functools.partial(self._processes_of, tuple(sessions))
+        return await asyncio.to_thread(find_backends, self._instance, self._host, among)
+
+    def _processes_of(self, sessions: tuple[str, ...]) -> list[int]:
         return [pid for session in sessions for pid in self.tracker.pids(session, None)]
 
     async def _clear_leftovers(self, kept: set[str]) -> list[RunningBackend]:
@@ -306,10 +310,9 @@ class LocalProvider:
             deadline = loop.time() + self.settle
             while self.settling and loop.time() < deadline:
                 await asyncio.sleep(min(SETTLE_POLL, max(0.0, deadline - loop.time())))
-                for backend in await asyncio.to_thread(find_backends, self._instance, self._host):
+                for backend in await self._find(self.settling):
                     if backend.session in self.settling and self._adopt_one(backend):
-                        found.append(backend)
-                        kept.add(backend.session)
+                        found.append(backend)  # now in self._procs: not killed below
                         self.settling.discard(backend.session)
             self.settling = set()
         for session in self.tracker.known():
@@ -393,7 +396,7 @@ PORT): not a secret, a mark by which `find_backends` recognises this deployment'
 
 
 def find_backends(
-    instance: str, host: str, among: Callable[[], Iterable[int] | None] | None = None
+    instance: str, host: str, among: Callable[[], Iterable[int]] | None = None
 ) -> list[RunningBackend]:
     """The running backends of deployment `instance`, found by scanning processes: those
     `among()` answers (the processes of some sessions' cgroups), or every process.
@@ -406,9 +409,10 @@ def find_backends(
     """
     found: list[RunningBackend] = []
     marker = f"{INSTANCE_ENV}={instance}".encode()
-    pids = None if among is None else among()
-    if pids is None:
-        pids = (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
+    if among is None:
+        pids: Iterable[int] = (int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
+    else:
+        pids = among()
     for pid in pids:
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
