@@ -7,7 +7,9 @@ other test's daemon.
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -15,10 +17,12 @@ import pytest
 import yaml
 
 from siesta.core.model import State
+from siesta.providers.docker import API_TIMEOUT, STATS_AT_ONCE, DockerProvider
 
 from .conftest import Launcher, SiestaProcess, free_port, wait_for
 from .dockerd import PrivateDockerd, build_test_image
 from .test_docker import container_template, instance_of, only_container
+from .test_docker_provider import templates
 
 
 def docker_mode(proc: SiestaProcess) -> str:
@@ -99,3 +103,28 @@ def test_a_wake_while_dockerd_is_down_gets_a_prompt_503(
     wait_for(lambda: docker_mode(proc) == "ok", 15, "docker ok again in /healthz")
     assert httpx.get(proc.url("alice"), timeout=30).status_code == 200
     daemon.engine.cleanup(instance)
+
+
+async def test_stats_asked_while_dockerd_is_down_are_missed_not_held(
+    daemon: PrivateDockerd,
+) -> None:
+    """dockerd killed under an awake container: more stats requests than there are stats
+    slots each answer "no usage" (none is held, no slot is kept by a failure); once
+    dockerd is back, the provider's stats work again for a new container."""
+    instance = f"test-{uuid.uuid4().hex[:10]}"
+    provider = DockerProvider(templates(), instance=instance)
+    try:
+        await provider.start("alice", "box")
+        assert await provider.usage("alice") is not None
+        daemon.stop(signal.SIGKILL)
+        try:
+            asks = (provider.usage("alice") for _ in range(3 * STATS_AT_ONCE))
+            missed = await asyncio.wait_for(asyncio.gather(*asks), API_TIMEOUT)  # no hang
+        finally:
+            daemon.start()
+        assert missed == [None] * (3 * STATS_AT_ONCE)
+        await provider.start("bob", "box")
+        assert await provider.usage("bob") is not None
+    finally:
+        await provider.close()
+        daemon.engine.cleanup(instance)
