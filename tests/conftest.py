@@ -57,6 +57,10 @@ START_DEADLINE = 60.0
 """Seconds siesta gets to listen: a deadline, not a speed claim (a loaded machine is slow)."""
 
 
+PORT_TRIES = 3
+"""Starts of a test's siesta when a port drawn for it was taken meanwhile."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -230,45 +234,49 @@ def siesta(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launcher]
     ) -> SiestaProcess:
         """`args` go after `siesta up -c <config>`; `env` is added to the environment."""
         folder = config_dir or tmp_path
-        port = port or free_port()
-        config = {
-            "gateway": {
-                "listen": f"127.0.0.1:{port}",
-                "admin_listen": f"127.0.0.1:{free_port()}",  # tests may run side by side
-                "wake_timeout": "20s",
-                **(gateway or {}),
-            },
-            "store": "state/state.db",
-            "templates": templates or {"web": backend_template()},
-            "sessions": sessions if sessions is not None else {"alice": {"template": "web"}},
-        }
-        if policies is not None:
-            config["policies"] = policies
-        config.update(extra or {})  # other top-level sections, e.g. savings
-        starts = folder / "starts.txt"
-        _count_starts(config["templates"], starts)
-        path = folder / "siesta.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = folder / f"siesta-{len(running)}.log"
-        environ = {**os.environ, "SIESTA_TEST_STARTS": str(starts), **(env or {})}
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "siesta", "up", "-c", str(path), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=environ,
-                cwd=folder,
-            )
-        handle = SiestaProcess(proc, port, path, folder / "state", log, starts)
-        running.append(handle)
-        try:
-            wait_for(
-                lambda: proc.poll() is not None or accepts(port),
-                timeout=START_DEADLINE,
-                what="siesta to listen",
-            )
-        except AssertionError:
-            raise AssertionError(f"siesta did not start:\n{handle.output()}") from None
+        for _ in range(PORT_TRIES):  # a port drawn here may be taken before siesta binds it
+            chosen = port or free_port()
+            config = {
+                "gateway": {
+                    "listen": f"127.0.0.1:{chosen}",
+                    "admin_listen": f"127.0.0.1:{free_port()}",  # tests may run side by side
+                    "wake_timeout": "20s",
+                    **(gateway or {}),
+                },
+                "store": "state/state.db",
+                "templates": templates or {"web": backend_template()},
+                "sessions": sessions if sessions is not None else {"alice": {"template": "web"}},
+            }
+            if policies is not None:
+                config["policies"] = policies
+            config.update(extra or {})  # other top-level sections, e.g. savings
+            starts = folder / "starts.txt"
+            _count_starts(config["templates"], starts)
+            path = folder / "siesta.yaml"
+            path.write_text(yaml.safe_dump(config))
+            log = folder / f"siesta-{len(running)}.log"
+            environ = {**os.environ, "SIESTA_TEST_STARTS": str(starts), **(env or {})}
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "siesta", "up", "-c", str(path), *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=environ,
+                    cwd=folder,
+                )
+            handle = SiestaProcess(proc, chosen, path, folder / "state", log, starts)
+            running.append(handle)
+            try:
+                wait_for(
+                    lambda p=proc, c=chosen: p.poll() is not None or accepts(c),
+                    timeout=START_DEADLINE,
+                    what="siesta to listen",
+                )
+            except AssertionError:
+                raise AssertionError(f"siesta did not start:\n{handle.output()}") from None
+            if proc.poll() is None or "Address already in use" not in handle.output():
+                break
+            running.remove(handle)  # drawn again
         if proc.poll() is not None:
             raise AssertionError(f"siesta exited with {proc.returncode}:\n{handle.output()}")
         return handle
